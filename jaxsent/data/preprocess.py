@@ -1,0 +1,353 @@
+"""Cleaning, validation, tokenisation and splitting of standardised (``text``, ``label``) data."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+import datasets
+import numpy as np
+from datasets.fingerprint import Hasher
+
+from jaxsent.data.labels import LABEL_NAMES, normalize_label
+
+logger = logging.getLogger(__name__)
+
+ON_BAD_ROWS = ("error", "filter")
+# Bumped whenever the output of `prepare` changes for the same input, to invalidate caches.
+_PREPARE_VERSION = 1
+_MARKUP = re.compile(r"<br\s*/?\s*>", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t]{2,}")
+_ERRORS_SHOWN = 5
+
+PREPARED_FEATURES = datasets.Features(
+    {
+        "text": datasets.Value("string"),
+        "label": datasets.Value("int64"),
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "length": datasets.Value("int32"),
+        "example_id": datasets.Value("int64"),
+    }
+)
+
+
+def clean_text(text: str) -> str:
+    """Replaces HTML line breaks (``<br />``, ``<br>``, any case) by a space, squeezes spaces."""
+    return _SPACES.sub(" ", _MARKUP.sub(" ", text)).strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRow:
+    """One malformed row: its index in the split, the offending column and raw value, why."""
+
+    row: int
+    column: str
+    value: object
+    reason: str
+
+    def describe(self) -> str:
+        value = repr(self.value)
+        if len(value) > 60:
+            value = value[:57] + "..."
+        return f"row {self.row}: {self.column}={value} ({self.reason})"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareReport:
+    """What `prepare_with_report` did to a split.
+
+    Attributes:
+      split_name: the split's name as given to `prepare`.
+      num_input_rows: rows in the input data set.
+      bad_rows: every malformed row found (empty when the data was clean).
+      num_filtered: rows removed (``len(bad_rows)`` in ``filter`` mode, else 0).
+      num_truncated: rows whose token count reached ``max_length`` (possibly truncated).
+    """
+
+    split_name: str
+    num_input_rows: int
+    bad_rows: tuple[BadRow, ...]
+    num_filtered: int
+    num_truncated: int
+
+
+def find_bad_rows(ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True) -> list[BadRow]:
+    """Lists the malformed rows of a standardised split.
+
+    A row is malformed if its text is missing, not a string, or empty/blank (after markup
+    cleaning when ``clean_markup``), or its label is not 0/1 or a name in `LABEL_NAMES`.
+
+    Args:
+      ds: a data set with ``text`` and ``label`` columns.
+      split_name: used in error messages.
+      clean_markup: whether the text is checked after `clean_text`.
+
+    Returns:
+      The bad rows in row order (a row with both faults appears twice).
+
+    Raises:
+      ValueError: ``ds`` lacks a ``text`` or ``label`` column.
+    """
+    _check_columns(ds, split_name)
+    table = ds.select_columns(["text", "label"]).with_format("arrow")[:]
+    bad: list[BadRow] = []
+    texts = table["text"].to_pylist()
+    labels = table["label"].to_pylist()
+    for row, (text, label) in enumerate(zip(texts, labels)):
+        if not isinstance(text, str):
+            bad.append(BadRow(row, "text", text, "missing text" if text is None else "not a string"))
+        elif not (clean_text(text) if clean_markup else text).strip():
+            bad.append(BadRow(row, "text", text, "empty text"))
+        if normalize_label(label) is None:
+            bad.append(
+                BadRow(row, "label", label, f"label must be 0/1 or one of {sorted(LABEL_NAMES)}")
+            )
+    return bad
+
+
+def prepare_with_report(
+    ds: datasets.Dataset,
+    tokenizer,
+    *,
+    max_length: int,
+    split_name: str,
+    clean_markup: bool = True,
+    on_bad_rows: str = "error",
+) -> tuple[datasets.Dataset, PrepareReport]:
+    """Validates, cleans and tokenises one split; returns it with a report. See `prepare`."""
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {on_bad_rows!r}")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    if getattr(tokenizer, "is_fast", False) is not True:
+        raise ValueError(f"tokenizer must be a fast (Rust) tokenizer, got {type(tokenizer).__name__}")
+
+    num_input_rows = len(ds)
+    bad = find_bad_rows(ds, split_name=split_name, clean_markup=clean_markup)
+    example_ids = np.arange(num_input_rows, dtype=np.int64)
+    if bad:
+        bad_idx = sorted({b.row for b in bad})
+        shown = "; ".join(b.describe() for b in bad[:_ERRORS_SHOWN])
+        more = f"; and {len(bad) - _ERRORS_SHOWN} more" if len(bad) > _ERRORS_SHOWN else ""
+        summary = f"split {split_name!r}: {len(bad_idx)} malformed row(s) of {num_input_rows}: {shown}{more}"
+        if on_bad_rows == "error":
+            raise ValueError(f"{summary}. Fix the data or pass on_bad_rows='filter'.")
+        logger.warning("%s. Filtered out (on_bad_rows='filter').", summary)
+        keep = np.setdiff1d(example_ids, np.asarray(bad_idx, dtype=np.int64))
+        ds = ds.select(keep)
+        example_ids = keep
+        num_filtered = len(bad_idx)
+    else:
+        num_filtered = 0
+
+    extra = [c for c in ds.column_names if c not in ("text", "label")]
+    tokenize = _Tokenize(tokenizer, max_length, clean_markup, example_ids)
+    fingerprint = Hasher.hash(
+        (
+            _PREPARE_VERSION,
+            ds._fingerprint,
+            tokenizer.backend_tokenizer.to_str(),
+            max_length,
+            clean_markup,
+            Hasher.hash(example_ids.tobytes()),
+        )
+    )
+    out = ds.map(
+        tokenize,
+        batched=True,
+        batch_size=1000,
+        with_indices=True,
+        remove_columns=extra,
+        features=PREPARED_FEATURES,
+        new_fingerprint=fingerprint,
+        desc=f"tokenizing {split_name}",
+    )
+    lengths = out.with_format("arrow")[:]["length"].to_numpy()
+    report = PrepareReport(
+        split_name=split_name,
+        num_input_rows=num_input_rows,
+        bad_rows=tuple(bad),
+        num_filtered=num_filtered,
+        num_truncated=int(np.sum(lengths >= max_length)),
+    )
+    return out, report
+
+
+def prepare(
+    ds: datasets.Dataset,
+    tokenizer,
+    *,
+    max_length: int,
+    split_name: str,
+    clean_markup: bool = True,
+    on_bad_rows: str = "error",
+) -> datasets.Dataset:
+    """Validates, cleans and tokenises one split for training or evaluation.
+
+    Tokenisation runs batched through ``datasets.Dataset.map`` with a fingerprint derived from
+    the input data, the tokenizer's serialised definition, ``max_length`` and the cleaning
+    switch, so a second run on the same cached data loads the result from the cache.
+
+    Args:
+      ds: a split with ``text`` and ``label`` columns (e.g. from `load_raw`); other columns are
+        dropped.
+      tokenizer: a fast Hugging Face tokenizer (``tokenizer.is_fast``).
+      max_length: token budget per example including ``[CLS]``/``[SEP]``; longer texts are
+        truncated.
+      split_name: the split's name, used in messages.
+      clean_markup: replace ``<br />`` markup by spaces before tokenising.
+      on_bad_rows: ``"error"`` raises on any malformed row (see `find_bad_rows`); ``"filter"``
+        drops them and logs a warning with the count and the first few rows. Use
+        `prepare_with_report` to get the count programmatically.
+
+    Returns:
+      A `datasets.Dataset` with columns ``text`` (raw, as given), ``label`` (int64, 0/1),
+      ``input_ids`` (list of int32, no padding), ``length`` (int32: real tokens including special
+      tokens, i.e. the attention-mask sum, <= max_length) and ``example_id`` (int64: the row
+      index in the input split, kept through filtering, so it is stable across runs).
+
+    Raises:
+      ValueError: a missing ``text``/``label`` column, or malformed rows with
+        ``on_bad_rows="error"`` (the message names the split, rows and values); bad arguments.
+    """
+    return prepare_with_report(
+        ds,
+        tokenizer,
+        max_length=max_length,
+        split_name=split_name,
+        clean_markup=clean_markup,
+        on_bad_rows=on_bad_rows,
+    )[0]
+
+
+class _Tokenize:
+    """The batched map function of `prepare` (a class so that it pickles and hashes cleanly)."""
+
+    def __init__(self, tokenizer, max_length: int, clean_markup: bool, example_ids: np.ndarray):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.clean_markup = clean_markup
+        self.example_ids = example_ids
+
+    def __call__(self, batch, indices):
+        texts = batch["text"]
+        if self.clean_markup:
+            texts = [clean_text(t) for t in texts]
+        enc = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=True,
+            return_token_type_ids=False,
+        )
+        return {
+            "text": batch["text"],
+            "label": [normalize_label(v) for v in batch["label"]],
+            "input_ids": enc["input_ids"],
+            "length": [int(sum(m)) for m in enc["attention_mask"]],
+            "example_id": self.example_ids[np.asarray(indices)].tolist(),
+        }
+
+
+def _check_columns(ds: datasets.Dataset, split_name: str) -> None:
+    missing = [c for c in ("text", "label") if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"split {split_name!r}: missing column(s) {missing}; columns are {ds.column_names} "
+            "(load_raw(..., text_column=, label_column=) renames source columns)"
+        )
+
+
+def _labels(ds: datasets.Dataset) -> np.ndarray:
+    if "label" not in ds.column_names:
+        raise ValueError(f"ds has no 'label' column; columns are {ds.column_names}")
+    labels = ds.with_format("arrow")[:]["label"].to_numpy(zero_copy_only=False)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"ds['label'] must be integers (run prepare first), got dtype {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def _stratified_pick(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``size`` rows, class proportions kept (largest-remainder rounding)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * size / len(labels)
+    take = np.floor(quota).astype(np.int64)
+    # Hand the remaining rows to the classes with the largest fractional parts (ties: lower class).
+    order = np.lexsort((classes, -(quota - take)))
+    take[order[: size - int(take.sum())]] += 1
+    picked = [
+        rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def split_train_validation(
+    ds: datasets.Dataset,
+    *,
+    validation_size: int | float,
+    seed: int,
+    stratify: bool = True,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Carves a validation split out of a training split, reproducibly.
+
+    Args:
+      ds: the training split (with an integer ``label`` column when ``stratify``).
+      validation_size: number of validation rows (int, 1 <= n < len(ds)) or a fraction in (0, 1)
+        (rounded to the nearest row count, at least 1).
+      seed: the random seed; the same (ds, validation_size, seed) always gives the same split.
+      stratify: keep the label proportions in both parts (largest-remainder rounding).
+
+    Returns:
+      ``(train, validation)``, disjoint, together covering ``ds``, each in the original row order.
+    """
+    n = len(ds)
+    size = _resolve_size(validation_size, n, "validation_size")
+    if size >= n:
+        raise ValueError(f"validation_size={validation_size!r} leaves no training rows (len(ds)={n})")
+    rng = np.random.default_rng(_check_seed(seed))
+    if stratify:
+        val = _stratified_pick(_labels(ds), size, rng)
+    else:
+        val = np.sort(rng.permutation(n)[:size])
+    train = np.setdiff1d(np.arange(n), val)
+    return ds.select(train), ds.select(val)
+
+
+def stratified_subset(ds: datasets.Dataset, *, size: int, seed: int) -> datasets.Dataset:
+    """A fixed stratified sample of ``size`` rows (e.g. a quick test-set evaluation).
+
+    Args:
+      ds: a split with an integer ``label`` column.
+      size: rows to keep, 1 <= size <= len(ds); ``size == len(ds)`` returns ``ds`` unchanged.
+      seed: the random seed.
+
+    Returns:
+      The sample, in the original row order, label proportions kept (largest remainder).
+    """
+    n = len(ds)
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 1 <= size <= n:
+        raise ValueError(f"size must be an int in [1, {n}], got {size!r}")
+    if size == n:
+        return ds
+    rng = np.random.default_rng(_check_seed(seed))
+    return ds.select(_stratified_pick(_labels(ds), int(size), rng))
+
+
+def _resolve_size(size, n: int, name: str) -> int:
+    if isinstance(size, bool):
+        raise ValueError(f"{name} must be an int or a float, got {size!r}")
+    if isinstance(size, (int, np.integer)):
+        if size < 1:
+            raise ValueError(f"{name} must be >= 1, got {size!r}")
+        return int(size)
+    if isinstance(size, float) and 0.0 < size < 1.0:
+        return max(1, int(round(size * n)))
+    raise ValueError(f"{name} must be an int >= 1 or a float in (0, 1), got {size!r}")
+
+
+def _check_seed(seed) -> int:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
