@@ -1,0 +1,31 @@
+"""Models: a Flax NNX BERT encoder with Hugging Face checkpoint import/export, and the
+sentiment classifier built on it.
+
+    from jaxsent.models import bert, SentimentClassifier, load_tokenizer, save_pretrained
+    encoder = bert.from_pretrained("minilm-l6")
+"""
+
+from jaxsent.models import bert, bert_params
+from jaxsent.models.bert import BertConfig, BertModel, BertOutput
+from jaxsent.models.bert_params import CheckpointError
+from jaxsent.models.classifier import (
+    POOLINGS,
+    SentimentClassifier,
+    load_tokenizer,
+    masked_mean,
+    save_pretrained,
+)
+
+__all__ = [
+    "bert",
+    "bert_params",
+    "BertConfig",
+    "BertModel",
+    "BertOutput",
+    "CheckpointError",
+    "POOLINGS",
+    "SentimentClassifier",
+    "load_tokenizer",
+    "masked_mean",
+    "save_pretrained",
+]

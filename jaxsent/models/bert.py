@@ -1,0 +1,463 @@
+"""BERT encoder in Flax NNX, numerically matching Hugging Face's PyTorch ``BertModel``.
+
+The layout follows HF BERT exactly (post-LN blocks, exact erf GELU for ``"gelu"``, tanh
+pooler over the first token) so any BERT checkpoint loads with :func:`from_pretrained`.
+
+Parameters are float32 and carry *logical* axis names in their ``out_sharding`` metadata
+(``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``norm``, or ``None``); ``jaxsent.sharding``
+maps those names to mesh axes by rules, so one model definition runs replicated, FSDP or
+tensor-parallel. ``eager_sharding=False`` keeps creation independent of any mesh: placement
+happens once, in ``jaxsent.sharding.shard_model``.
+
+Modules start in eval mode (dropout off), like HF's ``from_pretrained``; ``model.train()``
+switches dropout on, and a call in train mode needs dropout keys (``rngs=``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = [
+    "BertConfig",
+    "BertModel",
+    "BertOutput",
+    "from_pretrained",
+    "SUPPORTED_ACTIVATIONS",
+]
+
+# HF ACT2FN names -> JAX functions. HF "gelu" is the exact erf form; jax.nn.gelu defaults to
+# the tanh approximation, which differs by up to ~4e-4.
+SUPPORTED_ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture of a BERT encoder (the subset of HF ``BertConfig`` that shapes the model).
+
+    Defaults are HF's ``BertConfig`` defaults (BERT-base), so a tiny test model is
+    ``BertConfig(vocab_size=1000, hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
+    intermediate_size=100, max_position_embeddings=64, type_vocab_size=3)``.
+
+    Attributes:
+      vocab_size: number of token ids.
+      hidden_size: model width H; must be divisible by ``num_attention_heads``.
+      num_hidden_layers: number of transformer blocks.
+      num_attention_heads: attention heads per block.
+      intermediate_size: width of the feed-forward hidden layer.
+      hidden_act: feed-forward activation, a key of ``SUPPORTED_ACTIVATIONS``.
+      hidden_dropout_prob: dropout on embeddings and block outputs (train mode only).
+      attention_probs_dropout_prob: dropout on attention probabilities (train mode only).
+      max_position_embeddings: longest supported sequence.
+      type_vocab_size: number of token-type (segment) ids.
+      layer_norm_eps: LayerNorm epsilon.
+      initializer_range: std of the normal initialiser (random init only).
+      pad_token_id: padding token id (recorded for export; the mask decides what is padding).
+      use_pooler: whether the model has the tanh pooler (HF ``add_pooling_layer``).
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    use_pooler: bool = True
+
+    def __post_init__(self):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"BertConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"BertConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"BertConfig.hidden_act={self.hidden_act!r} is not supported; "
+                f"expected one of {sorted(SUPPORTED_ACTIVATIONS)}"
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, hf_config: Any, **overrides: Any) -> BertConfig:
+        """Maps a ``transformers`` ``BertConfig``/``AutoConfig`` (or its ``config.json`` dict).
+
+        Args:
+          hf_config: a transformers config object, or the parsed ``config.json`` mapping.
+          **overrides: fields of this dataclass to replace (e.g. ``hidden_dropout_prob=0.0``).
+
+        Returns:
+          The config.
+
+        Raises:
+          ValueError: for a model type other than ``bert``, or BERT variants this encoder
+            does not implement (decoder, cross-attention, relative position embeddings).
+        """
+        raw = dict(hf_config) if isinstance(hf_config, Mapping) else hf_config.to_dict()
+        model_type = raw.get("model_type")
+        if model_type != "bert":
+            raise ValueError(
+                f"config.json model_type={model_type!r} (architectures="
+                f"{raw.get('architectures')!r}) is not a BERT checkpoint; "
+                "jaxsent.models.bert loads model_type='bert' only"
+            )
+        position_type = raw.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ValueError(
+                f"config.json position_embedding_type={position_type!r} is not supported "
+                "(only 'absolute')"
+            )
+        for flag in ("is_decoder", "add_cross_attention"):
+            if raw.get(flag):
+                raise ValueError(f"config.json {flag}=True is not supported (encoder only)")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: raw[k] for k in fields if k in raw and raw[k] is not None}
+        kwargs.update(overrides)
+        unknown = set(overrides) - fields
+        if unknown:
+            raise ValueError(f"unknown BertConfig override(s): {sorted(unknown)}")
+        return cls(**kwargs)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """Returns a ``config.json`` dict that ``transformers.BertConfig`` reads back."""
+        out = {
+            "architectures": ["BertModel"],
+            "model_type": "bert",
+            "position_embedding_type": "absolute",
+        }
+        out.update(dataclasses.asdict(self))
+        out.pop("use_pooler")
+        return out
+
+
+class BertOutput(NamedTuple):
+    """Encoder outputs.
+
+    Attributes:
+      last_hidden_state: [B, L, H] in the compute dtype.
+      pooler_output: [B, H] ``tanh(dense(h[:, 0]))``, or ``None`` when the model has no
+        pooler (``config.use_pooler=False``, e.g. a checkpoint without ``pooler.*`` tensors).
+    """
+
+    last_hidden_state: jax.Array
+    pooler_output: jax.Array | None
+
+
+def _meta(*axes: str | None) -> dict[str, Any]:
+    """Variable metadata for logical axis names (no placement at creation time)."""
+    return {"out_sharding": tuple(axes), "eager_sharding": False}
+
+
+def _normal(config: BertConfig):
+    return nnx.initializers.normal(stddev=config.initializer_range)
+
+
+def _layer_norm(config: BertConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        config.hidden_size,
+        epsilon=config.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,  # mean((x - mu)^2), as torch's LayerNorm
+        scale_metadata=_meta("norm"),
+        bias_metadata=_meta("norm"),
+        rngs=rngs,
+    )
+
+
+def _dense(in_features, out_features, in_axes, out_axes, config, dtype, rngs, *, axis=-1):
+    """Dense layer with logical axes; multi-dim features give head-shaped kernels."""
+    return nnx.LinearGeneral(
+        in_features,
+        out_features,
+        axis=axis,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_normal(config),
+        bias_init=nnx.initializers.zeros_init(),
+        kernel_metadata=_meta(*in_axes, *out_axes),
+        bias_metadata=_meta(*out_axes),
+        rngs=rngs,
+    )
+
+
+class BertEmbeddings(nnx.Module):
+    """word + position + token-type embeddings, LayerNorm, dropout."""
+
+    def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
+        def embed(num, axes):
+            return nnx.Embed(
+                num,
+                config.hidden_size,
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                embedding_init=_normal(config),
+                embedding_metadata=_meta(*axes),
+                rngs=rngs,
+            )
+
+        self.word_embeddings = embed(config.vocab_size, ("vocab", "embed"))
+        self.position_embeddings = embed(config.max_position_embeddings, (None, "embed"))
+        self.token_type_embeddings = embed(config.type_vocab_size, (None, "embed"))
+        self.layer_norm = _layer_norm(config, dtype, rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout_prob, deterministic=True)
+
+    def __call__(self, input_ids, token_type_ids, *, deterministic=None, rngs=None):
+        """Args: input_ids, token_type_ids [B, L] int. Returns: [B, L, H]."""
+        length = input_ids.shape[1]
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(jnp.arange(length))[None]
+        x = self.layer_norm(x)
+        return self.dropout(x, deterministic=deterministic, rngs=rngs)
+
+
+class BertSelfAttention(nnx.Module):
+    """Multi-head self-attention with head-shaped projections [H, heads, head_dim]."""
+
+    def __init__(self, config: BertConfig, *, dtype, attention_impl=None, rngs: nnx.Rngs):
+        heads = (config.num_attention_heads, config.head_dim)
+        hidden = config.hidden_size
+
+        def proj():
+            return _dense(hidden, heads, ("embed",), ("heads", "kv"), config, dtype, rngs)
+
+        self.query = proj()
+        self.key = proj()
+        self.value = proj()
+        self.out = _dense(
+            heads, hidden, ("heads", "kv"), ("embed",), config, dtype, rngs, axis=(-2, -1)
+        )
+        self.attention_impl = attention_impl
+        self.dropout = nnx.Dropout(config.attention_probs_dropout_prob, deterministic=True)
+
+    def __call__(self, x, mask, *, deterministic=None, rngs=None):
+        """Args: x [B, L, H]; mask [B, L] bool (True = real token). Returns: [B, L, H]."""
+        q, k, v = self.query(x), self.key(x), self.value(x)  # [B, L, heads, head_dim]
+        dropout_on = self.dropout.rate > 0 and not (
+            self.dropout.deterministic if deterministic is None else deterministic
+        )
+        if dropout_on:
+            # jax.nn.dot_product_attention has no dropout on the probabilities; HF applies
+            # it in training, so this path spells the attention out (same math).
+            scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            logits = jnp.where(mask[:, None, None, :], logits * scale, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+            probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
+            context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        elif self.attention_impl == "cudnn":
+            # cuDNN flash attention takes padding as lengths: right-padded batches only.
+            lengths = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+            context = jax.nn.dot_product_attention(
+                q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+            )
+        else:
+            context = jax.nn.dot_product_attention(
+                q, k, v, mask=mask[:, None, None, :], implementation=self.attention_impl
+            )
+        return self.out(context)
+
+
+class BertLayer(nnx.Module):
+    """Post-LN transformer block: LN(x + attn(x)), then LN(h + ffn(h))."""
+
+    def __init__(self, config: BertConfig, *, dtype, attention_impl=None, rngs: nnx.Rngs):
+        hidden, inter = config.hidden_size, config.intermediate_size
+        self.attention = BertSelfAttention(
+            config, dtype=dtype, attention_impl=attention_impl, rngs=rngs
+        )
+        self.attention_dropout = nnx.Dropout(config.hidden_dropout_prob, deterministic=True)
+        self.attention_norm = _layer_norm(config, dtype, rngs)
+        self.intermediate = _dense(hidden, inter, ("embed",), ("mlp",), config, dtype, rngs)
+        self.output = _dense(inter, hidden, ("mlp",), ("embed",), config, dtype, rngs)
+        self.output_dropout = nnx.Dropout(config.hidden_dropout_prob, deterministic=True)
+        self.output_norm = _layer_norm(config, dtype, rngs)
+        self.activation = SUPPORTED_ACTIVATIONS[config.hidden_act]
+
+    def __call__(self, x, mask, *, deterministic=None, rngs=None):
+        """Args: x [B, L, H]; mask [B, L] bool. Returns: [B, L, H]."""
+        kw = {"deterministic": deterministic, "rngs": rngs}
+        attn = self.attention(x, mask, **kw)
+        h = self.attention_norm(x + self.attention_dropout(attn, **kw))
+        ffn = self.output(self.activation(self.intermediate(h)))
+        return self.output_norm(h + self.output_dropout(ffn, **kw))
+
+
+class BertEncoder(nnx.Module):
+    """A stack of ``num_hidden_layers`` :class:`BertLayer`."""
+
+    def __init__(self, config: BertConfig, *, dtype, attention_impl=None, rngs: nnx.Rngs):
+        self.layers = nnx.List(
+            [
+                BertLayer(config, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+                for _ in range(config.num_hidden_layers)
+            ]
+        )
+
+    def __call__(self, x, mask, *, deterministic=None, rngs=None):
+        for layer in self.layers:
+            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+        return x
+
+
+class BertModel(nnx.Module):
+    """BERT encoder: embeddings, transformer blocks, optional tanh pooler.
+
+    Args:
+      config: the architecture.
+      dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
+      attention_impl: ``None``/``"xla"`` (boolean padding mask, any padding layout) or
+        ``"cudnn"`` (fused GPU kernel; padding passed as lengths, so right padding only).
+      rngs: parameter initialisation keys (``rngs.params``). Dropout keys are passed at
+        call time, so the encoder holds parameters only.
+    """
+
+    def __init__(
+        self,
+        config: BertConfig,
+        *,
+        dtype=jnp.float32,
+        attention_impl: str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention_impl={attention_impl!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
+            )
+        self.config = config
+        self.dtype = dtype
+        self.embeddings = BertEmbeddings(config, dtype=dtype, rngs=rngs)
+        self.encoder = BertEncoder(config, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+        if config.use_pooler:
+            self.pooler = _dense(
+                config.hidden_size, config.hidden_size, ("embed",), ("mlp",), config, dtype, rngs
+            )
+        else:
+            self.pooler = None
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        *,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+    ) -> BertOutput:
+        """Encodes a batch.
+
+        Args:
+          input_ids: [B, L] int token ids, L <= ``max_position_embeddings``.
+          attention_mask: [B, L], nonzero/True on real tokens; ``None`` means no padding.
+          token_type_ids: [B, L] int segment ids; ``None`` means all zeros.
+          deterministic: ``True`` disables dropout, ``False`` enables it, ``None`` follows
+            the module mode (``train()``/``eval()``; eval after construction).
+          rngs: dropout keys, required when dropout is enabled.
+
+        Returns:
+          :class:`BertOutput` with ``last_hidden_state`` [B, L, H] and ``pooler_output``
+          [B, H] (or ``None`` without a pooler). Hidden states at padded positions are
+          computed but meaningless; mask them before any reduction.
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"input_ids length {length} exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        for name, arr in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if arr is not None and arr.shape != input_ids.shape:
+                raise ValueError(
+                    f"{name} shape {arr.shape} does not match input_ids shape {input_ids.shape}"
+                )
+        dropout_on = not (
+            self.embeddings.dropout.deterministic if deterministic is None else deterministic
+        )
+        if dropout_on and rngs is None:
+            raise ValueError(
+                "dropout is enabled (train mode or deterministic=False) but no rngs were given; "
+                "pass rngs=nnx.Rngs(dropout=...) or call model.eval()"
+            )
+        mask = (
+            jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask != 0
+        )
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+        x = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
+        pooled = None if self.pooler is None else jnp.tanh(self.pooler(x[:, 0]))
+        return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype=jnp.float32,
+    attention_impl: str | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+) -> BertModel:
+    """Loads a BERT encoder from a local folder, a short name or a hub id.
+
+    See :func:`jaxsent.models.bert_params.load_encoder` (this is its alias) for the
+    resolution rules and the errors raised.
+    """
+    from jaxsent.models import bert_params  # circular: bert_params builds BertModel
+
+    return bert_params.load_encoder(
+        name_or_path, dtype=dtype, attention_impl=attention_impl, config_overrides=config_overrides
+    )
+
+
+def read_config(directory: str | os.PathLike, **overrides: Any) -> BertConfig:
+    """Reads ``config.json`` in ``directory`` into a :class:`BertConfig`."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config.json in {os.fspath(directory)!r}")
+    with open(path, encoding="utf-8") as f:
+        return BertConfig.from_hf(json.load(f), **overrides)
