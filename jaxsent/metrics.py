@@ -302,7 +302,7 @@ def reliability_bin_edges(num_bins: int = 15) -> np.ndarray:
     return (np.arange(num_bins + 1, dtype=np.float64) / num_bins).astype(np.float32)
 
 
-def calibration_inputs(logits, labels, *, positive_class: bool = False):
+def calibration_inputs(logits, labels, *, where=None, positive_class: bool = False):
     """Per-example (confidence, outcome) pairs that ECE and reliability diagrams bin.
 
     Top-label (default): ``confidence = max(p, 1 - p) = sigmoid(|z|)`` and
@@ -312,13 +312,15 @@ def calibration_inputs(logits, labels, *, positive_class: bool = False):
     Args:
       logits: ``[N]`` float logits of the positive class.
       labels: ``[N]`` 0/1 labels.
+      where: optional ``[N]`` bool mask of the real rows; the other rows get finite
+        placeholder values (as for a logit of 0), to be masked again downstream.
       positive_class: choose the positive-class pairs instead of the top-label ones.
 
     Returns:
       ``(confidence, outcome)``, two ``[N]`` float arrays with values in [0, 1] (in
       [1/2, 1] for top-label confidence).
     """
-    logits, positive, _ = _prepare(logits, labels, None)
+    logits, positive, _ = _prepare(logits, labels, where)
     return _calibration_pairs(logits, positive, positive_class)
 
 

@@ -277,7 +277,8 @@ def test_reliability_bins_statistics_and_padding():
     confidence = np.array([0.55, 0.58, 0.95, 0.99, np.nan], np.float32)
     outcome = np.array([1.0, 0.0, 1.0, 1.0, np.nan], np.float32)
     where = np.array([True, True, True, True, False])
-    bins = jax.tree.map(np.asarray, M.reliability_bins(confidence, outcome, where=where, num_bins=10))
+    bins = M.reliability_bins(confidence, outcome, where=where, num_bins=10)
+    bins = jax.tree.map(np.asarray, bins)
     np.testing.assert_array_equal(bins.count, [0, 0, 0, 0, 0, 2, 0, 0, 0, 2])
     np.testing.assert_allclose(bins.confidence[[5, 9]], [0.565, 0.97], rtol=EPS32)
     np.testing.assert_allclose(bins.accuracy[[5, 9]], [0.5, 1.0], rtol=EPS32)
@@ -314,7 +315,11 @@ def test_ece_known_value():
         (lambda: M.accuracy(np.zeros((2, 2)), np.zeros((2, 2))), ValueError, r"`logits`.*\[N\]"),
         (lambda: M.accuracy(np.zeros(2, np.int32), np.zeros(2)), TypeError, "`logits`.*int32"),
         (lambda: M.accuracy(np.zeros(2), np.zeros(2), where=np.ones(2)), TypeError, "`where`"),
-        (lambda: M.accuracy(np.zeros(2), np.zeros(2), where=np.ones(3, bool)), ValueError, "`where`"),
+        (
+            lambda: M.accuracy(np.zeros(2), np.zeros(2), where=np.ones(3, bool)),
+            ValueError,
+            "`where`",
+        ),
         (lambda: M.reliability_bin_edges(0), ValueError, "`num_bins`.*0"),
     ],
 )
