@@ -46,16 +46,24 @@ def _padding(lengths, bounds):
 def test_optimal_boundaries_match_brute_force(lengths, num_buckets, multiple):
     lengths = np.asarray(lengths)
     bounds = make_bucket_boundaries(64, num_buckets=num_buckets, lengths=lengths, multiple=multiple)
-    assert bounds[-1] == 64 and len(bounds) <= num_buckets
-    assert all(b % multiple == 0 for b in bounds[:-1]) and list(bounds) == sorted(set(bounds))
-    # Reference: every set of at most num_buckets candidates (rounded-up lengths) plus 64.
-    cands = sorted({min(-(-int(x) // multiple) * multiple, 64) for x in lengths} - {64})
+    assert bounds[-1] == 64 and list(bounds) == sorted(set(bounds))
+    assert all(b % multiple == 0 for b in bounds[:-1])
+    used = np.unique(np.searchsorted(bounds, lengths))
+    assert len(used) <= num_buckets and len(bounds) <= num_buckets + 1
+    # Reference: every set of at most num_buckets rounded-up lengths holding the largest one.
+    cands = sorted({min(-(-int(x) // multiple) * multiple, 64) for x in lengths})
     best = min(
-        _padding(lengths, sorted(subset) + [64])
+        _padding(lengths, sorted(subset) + [cands[-1]])
         for k in range(num_buckets)
-        for subset in itertools.combinations(cands, k)
+        for subset in itertools.combinations(cands[:-1], k)
     )
     assert _padding(lengths, bounds) == best
+
+
+def test_fitted_boundaries_append_max_length_for_other_splits():
+    lengths = np.array([5, 9, 12, 30, 31])
+    assert make_bucket_boundaries(128, num_buckets=2, lengths=lengths) == (16, 32, 128)
+    assert make_bucket_boundaries(32, num_buckets=2, lengths=lengths) == (16, 32)
 
 
 def test_boundaries_without_lengths_are_evenly_spaced():

@@ -62,14 +62,15 @@ class PrepareReport:
       num_input_rows: rows in the input data set.
       bad_rows: every malformed row found (empty when the data was clean).
       num_filtered: rows removed (``len(bad_rows)`` in ``filter`` mode, else 0).
-      num_truncated: rows whose token count reached ``max_length`` (possibly truncated).
+      num_at_max_length: rows with exactly ``max_length`` tokens (an upper bound on the number
+        of truncated rows).
     """
 
     split_name: str
     num_input_rows: int
     bad_rows: tuple[BadRow, ...]
     num_filtered: int
-    num_truncated: int
+    num_at_max_length: int
 
 
 def find_bad_rows(ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True) -> list[BadRow]:
@@ -169,7 +170,7 @@ def prepare_with_report(
         num_input_rows=num_input_rows,
         bad_rows=tuple(bad),
         num_filtered=num_filtered,
-        num_truncated=int(np.sum(lengths >= max_length)),
+        num_at_max_length=int(np.sum(lengths >= max_length)),
     )
     return out, report
 
