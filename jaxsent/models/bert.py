@@ -373,8 +373,10 @@ class BertModel(nnx.Module):
         self.embeddings = BertEmbeddings(config, dtype=dtype, rngs=rngs)
         self.encoder = BertEncoder(config, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
         if config.use_pooler:
+            # Output axis unnamed: splitting [B, H] pooled features over `model` only to
+            # gather them again for the head costs more than it saves.
             self.pooler = _dense(
-                config.hidden_size, config.hidden_size, ("embed",), ("mlp",), config, dtype, rngs
+                config.hidden_size, config.hidden_size, ("embed",), (None,), config, dtype, rngs
             )
         else:
             self.pooler = None
