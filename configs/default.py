@@ -1,0 +1,69 @@
+"""Base configuration: every field the trainer reads, with its default.
+
+Each named config in this folder starts from `get_config()` here and changes what it needs.
+Any field can be overridden on the command line: `--config.optim.learning_rate=3e-5`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = data = ml_collections.ConfigDict()
+    data.name = "imdb"  # 'imdb', 'sst2', 'rotten_tomatoes', a hub id, or a local file/folder
+    data.data_dir = ""  # overrides $JAXSENT_DATA_DIR when set
+    data.text_column = ""  # '' = the dataset's known column (text / sentence)
+    data.label_column = ""
+    data.train_split = "train"
+    data.eval_split = "test"  # used once, for the final report
+    data.validation_size = 0.1  # fraction (or count) of train held out for model selection
+    data.train_size = 0  # 0 = all remaining train examples; else a stratified subset of this size
+    data.eval_size = 0  # 0 = the whole eval split; else a fixed stratified sample of this size
+    data.max_length = 256
+    data.clean_markup = True
+    data.on_bad_rows = "error"  # or 'filter' (filtered counts are reported)
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "minilm-l6"  # short name, local folder, or hub id of a BERT-family checkpoint
+    model.pooling = "mean"  # 'cls' | 'mean' | 'cls_mean'
+    model.dropout_rate = 0.1
+    model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+
+    config.loss = loss = ml_collections.ConfigDict()
+    loss.name = "focal"  # 'bce' | 'weighted' | 'focal'
+    loss.gamma_focal = 0.1
+    loss.label_smoothing_epsilon = 0.05
+    loss.min_length_weight = 0.1
+    loss.stop_gradient_weights = False
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.learning_rate = 5e-5
+    optim.schedule = "linear"  # 'linear' | 'cosine' | 'constant' (after warmup)
+    optim.warmup_steps = -1  # -1 = use warmup_fraction
+    optim.warmup_fraction = 0.1
+    optim.weight_decay = 0.01
+    optim.b1 = 0.9
+    optim.b2 = 0.999
+    optim.eps = 1e-8
+    optim.grad_clip_norm = 1.0
+    optim.max_consecutive_nonfinite = 10
+
+    config.train = train = ml_collections.ConfigDict()
+    train.global_batch_size = 32
+    train.eval_batch_size = 64
+    train.num_epochs = 1
+    train.num_steps = 0  # 0 = num_epochs over the train set; else stop after this many steps
+    train.log_every_steps = 10
+    train.eval_every_steps = 0  # 0 = once per epoch
+    train.checkpoint_every_steps = 200
+    train.best_metric = "accuracy"
+    train.best_mode = "max"
+    train.max_checkpoints = 2
+
+    config.mesh = mesh = ml_collections.ConfigDict()
+    mesh.data = -1  # -1 = all devices not used by the model axis
+    mesh.model = 1
+    mesh.strategy = "dp"  # parameter sharding rules: 'dp' (replicated), 'fsdp', 'tp'
+    return config

@@ -1,0 +1,1 @@
+"""Training system: optimiser recipe, jitted sharded steps, checkpoints, the run loop."""

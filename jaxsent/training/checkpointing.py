@@ -1,0 +1,132 @@
+"""Orbax checkpoints of the whole training state: periodic ("latest") and best-on-validation.
+
+A checkpoint holds the model and optimiser arrays (as a pure dict, so it is independent of NNX's
+object graph) plus JSON metadata: step, data position (epoch, next batch), best-so-far metric
+and the config fingerprint that must match for a resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+log = logging.getLogger(__name__)
+
+
+def to_arrays(state: nnx.State) -> dict:
+    """The state as a nested dict of arrays: what a checkpoint stores."""
+    return nnx.to_pure_dict(state)
+
+
+def abstract_like(state: nnx.State) -> dict:
+    """Shape/dtype/sharding targets for restoring into `state`'s layout."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), to_arrays(state)
+    )
+
+
+class Checkpoints:
+    """Two orbax managers under `workdir`: `checkpoints/` (latest N) and `best/` (best one).
+
+    Saves are asynchronous; `close()` (or `wait()`) blocks until every save is on disk, so a run
+    that ends normally never loses its last checkpoint.
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        max_to_keep: int = 2,
+        best_metric: str = "accuracy",
+        best_mode: str = "max",
+    ):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode={best_mode!r} must be 'max' or 'min'")
+        workdir = Path(workdir).absolute()
+        self.best_metric = best_metric
+        self.latest = ocp.CheckpointManager(
+            workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+        self.best = ocp.CheckpointManager(
+            workdir / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                best_fn=lambda metrics: float(metrics[best_metric]),
+                best_mode=best_mode,
+                create=True,
+            ),
+        )
+
+    @staticmethod
+    def _save_args(state: nnx.State, meta: dict[str, Any]) -> ocp.args.Composite:
+        return ocp.args.Composite(
+            state=ocp.args.StandardSave(to_arrays(state)), meta=ocp.args.JsonSave(meta)
+        )
+
+    def save_latest(self, step: int, state: nnx.State, meta: dict[str, Any]) -> None:
+        self.latest.save(step, args=self._save_args(state, meta), force=True)
+
+    def save_best(
+        self, step: int, state: nnx.State, meta: dict[str, Any], metrics: dict[str, float]
+    ) -> None:
+        """Offer `state` as a best candidate; orbax keeps it only if `metrics` beat the kept one."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.best.save(step, args=self._save_args(state, meta), metrics=metrics, force=True)
+
+    @staticmethod
+    def _restore(manager, step, like: nnx.State):
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_like(like)), meta=ocp.args.JsonRestore()
+            ),
+        )
+        nnx.replace_by_pure_dict(like, restored["state"])
+        return like, dict(restored["meta"])
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore_latest(self, like: nnx.State) -> tuple[nnx.State, dict[str, Any]]:
+        """Restore the newest checkpoint that reads back whole, skipping damaged ones.
+
+        Orbax only lists checkpoints whose save was finalised, so a save cut short by a crash is
+        never offered; a finalised one that was damaged afterwards (truncated or deleted files)
+        fails to restore and is skipped with a warning naming it.
+        """
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint under {self.latest.directory}")
+        for step in steps:
+            try:
+                return self._restore(self.latest, step, like)
+            except Exception as err:  # noqa: BLE001 - any read failure means "damaged"
+                log.warning(
+                    "checkpoint %s is unreadable (%s: %s); falling back to an older one",
+                    Path(self.latest.directory) / str(step), type(err).__name__, err,
+                )
+        raise RuntimeError(
+            f"every checkpoint under {self.latest.directory} is unreadable (steps {steps})"
+        )
+
+    def restore_best(self, like: nnx.State) -> tuple[nnx.State, dict[str, Any]]:
+        step = self.best.best_step()
+        if step is None:
+            raise FileNotFoundError(f"no best checkpoint under {self.best.directory}")
+        log.info("restoring best checkpoint, step %d", step)
+        return self._restore(self.best, step, like)
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        self.best.close()

@@ -1,0 +1,128 @@
+"""Jitted train and eval steps over a device mesh.
+
+The model and optimiser live as one `nnx.State` pytree (`TrainState.state`) that is passed through
+`jax.jit` functionally (`nnx.merge` inside, `nnx.split` out). That keeps the state donatable,
+checkpointable as plain arrays and explicitly sharded, and avoids `nnx.jit`'s per-call graph walk.
+Dropout keys are not state: each step reseeds the `dropout` stream with `fold_in(key, step)`, so a
+resumed run draws exactly the masks an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+Batch = dict[str, jax.Array]
+LossFn = Callable[..., jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+    """Graph definitions and the compiled steps for one (model, optimizer) pair."""
+
+    train_graphdef: Any
+    eval_graphdef: Any
+    rng_state: nnx.State
+    train_step_fn: Callable[..., tuple[nnx.State, dict[str, jax.Array]]]
+    eval_step_fn: Callable[..., jax.Array]
+
+    def train_step(self, state: nnx.State, batch: Batch) -> tuple[nnx.State, dict[str, jax.Array]]:
+        return self.train_step_fn(state, self.rng_state, batch)
+
+    def eval_step(self, state: nnx.State, batch: Batch) -> jax.Array:
+        return self.eval_step_fn(state, self.rng_state, batch)
+
+
+def split_train_state(model: nnx.Module, optimizer: nnx.Optimizer):
+    """(graphdef, rng_state, state): RNG streams apart, so checkpoints hold arrays only."""
+    return nnx.split((model, optimizer), nnx.RngState, ...)
+
+
+def build_steps(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    *,
+    loss_fn: LossFn,
+    dropout_key: jax.Array,
+    state_shardings_fn: Callable[[nnx.State], Any] | None = None,
+    donate: bool = True,
+) -> tuple[StepFunctions, nnx.State]:
+    """Compile-ready train/eval steps and the initial state.
+
+    Args:
+      model: the classifier (`model(input_ids, attention_mask) -> logits [B]`).
+      optimizer: `nnx.Optimizer(model, tx, wrt=nnx.Param)`.
+      loss_fn: `loss_fn(logits, labels, lengths, *, where) -> scalar`, e.g. from
+        `jaxsent.losses.get_loss`.
+      dropout_key: base key for dropout; step `s` uses `fold_in(dropout_key, s)`.
+      state_shardings_fn: maps the state to a matching pytree of `NamedSharding` (e.g.
+        `partial(jaxsent.sharding.tree_shardings, mesh=mesh, rules=rules)`); the initial state is
+        placed by it and every step's output keeps that layout. None leaves placement to JAX.
+      donate: donate the input state buffers to the output state.
+
+    Returns:
+      The step functions and the (placed) initial state.
+    """
+    model.eval()
+    eval_graphdef, _, _ = split_train_state(model, optimizer)
+    model.train()
+    train_graphdef, rng_state, state = split_train_state(model, optimizer)
+    state_shardings = None
+    if state_shardings_fn is not None:
+        state_shardings = state_shardings_fn(state)
+        state = jax.device_put(state, state_shardings)
+        rng_state = jax.device_put(rng_state, state_shardings_fn(rng_state))
+
+    # The RNG streams are passed as (undonated) arguments rather than closed over: NNX refuses to
+    # reseed a Variable that was created outside the trace.
+    def train_step(state: nnx.State, rng_state: nnx.State, batch: Batch):
+        model, optimizer = nnx.merge(train_graphdef, rng_state, state)
+        nnx.reseed(model, dropout=jax.random.fold_in(dropout_key, optimizer.step[...]))
+
+        def compute_loss(model):
+            logits = model(batch["input_ids"], batch["attention_mask"])
+            loss = loss_fn(logits, batch["labels"], batch["lengths"], where=batch["where"])
+            return loss, logits
+
+        (loss, _), grads = nnx.value_and_grad(compute_loss, has_aux=True)(model)
+        grad_norm = optax.tree.norm(grads)
+        optimizer.update(model, grads)
+        _, _, new_state = split_train_state(model, optimizer)
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+            "examples": jnp.sum(batch["where"]),
+            "real_tokens": jnp.sum(jnp.where(batch["where"], batch["lengths"], 0)),
+        }
+        return new_state, metrics
+
+    def eval_step(state: nnx.State, rng_state: nnx.State, batch: Batch) -> jax.Array:
+        model, _ = nnx.merge(eval_graphdef, rng_state, state)
+        return model(batch["input_ids"], batch["attention_mask"])
+
+    steps = StepFunctions(
+        train_graphdef=train_graphdef,
+        eval_graphdef=eval_graphdef,
+        rng_state=rng_state,
+        train_step_fn=jax.jit(
+            train_step,
+            out_shardings=(state_shardings, None),
+            donate_argnums=(0,) if donate else (),
+        ),
+        eval_step_fn=jax.jit(eval_step),
+    )
+    return steps, state
+
+
+def merge_model(steps: StepFunctions, state: nnx.State, *, train: bool = False) -> nnx.Module:
+    """The model (in eval mode unless `train`) holding `state`'s parameters."""
+    graphdef = steps.train_graphdef if train else steps.eval_graphdef
+    model, _ = nnx.merge(graphdef, steps.rng_state, state)
+    return model

@@ -1,0 +1,1 @@
+"""Runnable entry points: `python -m train --config configs/<name>.py --workdir DIR`."""

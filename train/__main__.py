@@ -1,0 +1,78 @@
+"""Fine-tune and evaluate a sentiment model.
+
+    python -m train --config configs/smoke.py --workdir runs/smoke
+    python -m train --config configs/imdb_minilm.py --workdir runs/imdb \\
+        --config.loss.name=weighted --config.optim.learning_rate=3e-5
+
+Any config field can be overridden with `--config.<path>=<value>`. Re-running with the same
+`--workdir` resumes from its newest checkpoint.
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+# Make `from configs import default` work in config files when run from the repository root.
+sys.path.insert(0, os.getcwd())
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-host runs (else auto-detect)."
+)
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with the platform's auto-detection "
+    "(TPU pods, SLURM, Open MPI) when no address is given."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+RESULT_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "nll", "brier", "ece")
+
+
+def main(argv):
+    del argv
+    # Orbax and JAX log every save and restore at INFO through absl; keep those to warnings and
+    # show jaxsent's own progress messages.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    jaxsent_log = logging.getLogger("jaxsent")
+    jaxsent_log.addHandler(handler)
+    jaxsent_log.setLevel(logging.INFO)
+    jaxsent_log.propagate = False
+    import jax
+
+    if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    from jaxsent.training.loop import train_and_evaluate
+    from jaxsent.training.preemption import TrainingInterrupted
+
+    try:
+        results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except TrainingInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        sys.exit(TrainingInterrupted.exit_code)
+    if jax.process_index() == 0:
+        print()
+        print(f"== {results['split']} metrics ({results['n_examples']:,} examples, "
+              f"best checkpoint: step {results['best_step']}) ==")
+        for key in RESULT_KEYS:
+            print(f"{key:>10}: {results[key]:.4f}")
+        for note in results["notes"]:
+            print(f"NOTE: {note}")
+        print(f"full results: {os.path.join(FLAGS.workdir, 'eval_results.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
