@@ -1,0 +1,180 @@
+"""SentimentClassifier: pooling over real tokens, dropout modes, a training step, save/load."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxsent.models import (
+    POOLINGS,
+    BertConfig,
+    SentimentClassifier,
+    load_tokenizer,
+    masked_mean,
+    save_pretrained,
+)
+from jaxsent.models.bert_params import CheckpointError
+
+CONFIG = BertConfig(
+    vocab_size=97,
+    hidden_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=40,
+    max_position_embeddings=32,
+    type_vocab_size=2,
+)
+LENGTHS = np.array([9, 3, 1, 6])
+
+
+def _batch(seed=0, length=9):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, CONFIG.vocab_size, (len(LENGTHS), length)).astype(np.int32)
+    mask = (np.arange(length)[None] < LENGTHS[:, None]).astype(np.int32)
+    return jnp.asarray(np.where(mask, ids, 0)), jnp.asarray(mask)
+
+
+def _model(pooling="cls", dropout_rate=0.1, seed=0):
+    return SentimentClassifier(
+        CONFIG, pooling=pooling, dropout_rate=dropout_rate, rngs=nnx.Rngs(params=seed, dropout=1)
+    )
+
+
+forward = nnx.jit(lambda model, ids, mask: model(ids, mask))
+
+
+def test_masked_mean_matches_numpy_and_ignores_padding_values():
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(4, 9, 5)).astype(np.float32)
+    mask = np.arange(9)[None] < np.array([9, 3, 1, 0])[:, None]
+    poisoned = np.where(mask[..., None], hidden, np.nan)  # NaN must not leak through the mask
+    got = np.asarray(masked_mean(jnp.asarray(poisoned), jnp.asarray(mask)))
+    for b in range(3):
+        np.testing.assert_allclose(got[b], hidden[b, mask[b]].mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(got[3], 0.0)  # no real token: zeros, not NaN
+    grad = jax.grad(lambda h: masked_mean(h, jnp.asarray(mask)).sum())(jnp.asarray(poisoned))
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_logits_shape_dtype_and_padding_invariance(pooling):
+    model = _model(pooling)
+    ids, mask = _batch()
+    logits = forward(model, ids, mask)
+    assert logits.shape == (len(LENGTHS),) and logits.dtype == jnp.float32
+    # Other token ids (and more padding) at padded positions change nothing.
+    other_ids = jnp.where(mask != 0, ids, 7)
+    np.testing.assert_allclose(forward(model, other_ids, mask), logits, atol=1e-6, rtol=0)
+    longer_ids = jnp.pad(ids, ((0, 0), (0, 4)), constant_values=5)
+    longer_mask = jnp.pad(mask, ((0, 0), (0, 4)))
+    np.testing.assert_allclose(forward(model, longer_ids, longer_mask), logits, atol=1e-5, rtol=0)
+
+
+def test_pooling_features_are_the_documented_ones():
+    ids, mask = _batch()
+    cls_model, mean_model, both = _model("cls"), _model("mean"), _model("cls_mean")
+    out = cls_model.encoder(ids, mask)
+    # same seed => same encoder; the head is Linear over the pooled features.
+    def head(model, features):
+        return features @ model.head.kernel.get_value()[:, 0] + model.head.bias.get_value()[0]
+
+    np.testing.assert_allclose(forward(cls_model, ids, mask), head(cls_model, out.pooler_output), atol=1e-5)
+    mean = masked_mean(out.last_hidden_state, mask)
+    np.testing.assert_allclose(forward(mean_model, ids, mask), head(mean_model, mean), atol=1e-5)
+    cat = jnp.concatenate([out.pooler_output, mean], -1)
+    np.testing.assert_allclose(forward(both, ids, mask), head(both, cat), atol=1e-5)
+
+
+def test_train_mode_switches_dropout_on_and_eval_off():
+    model = _model(dropout_rate=0.3)
+    ids, mask = _batch()
+    first = forward(model, ids, mask)
+    np.testing.assert_array_equal(forward(model, ids, mask), first)  # eval after construction
+    model.train()
+    a, b = forward(model, ids, mask), forward(model, ids, mask)
+    assert not np.allclose(a, b), "dropout keys must advance between train steps"
+    assert not np.allclose(a, first)
+    model.eval()
+    np.testing.assert_array_equal(forward(model, ids, mask), first)
+
+
+def test_one_optax_step_changes_every_parameter():
+    model = _model("cls_mean")
+    model.train()
+    ids, mask = _batch()
+    labels = jnp.array([1.0, 0.0, 1.0, 0.0])
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+
+    @nnx.jit
+    def step(model, optimizer, ids, mask, labels):
+        def loss_fn(model):
+            return optax.sigmoid_binary_cross_entropy(model(ids, mask), labels).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    assert np.isfinite(step(model, optimizer, ids, mask, labels))
+    after = nnx.state(model, nnx.Param)
+    unchanged = [
+        "/".join(map(str, path))
+        for (path, old), (_, new) in zip(nnx.to_flat_state(before), nnx.to_flat_state(after))
+        if np.array_equal(old.get_value(), np.asarray(new.get_value()))
+    ]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="pooling='max'"):
+        _model("max")
+    with pytest.raises(ValueError, match="dropout_rate"):
+        _model(dropout_rate=1.0)
+    other = BertConfig(**{**CONFIG.__dict__, "num_hidden_layers": 1})
+    with pytest.raises(ValueError, match="does not match"):
+        SentimentClassifier(other, rngs=nnx.Rngs(0), encoder=_model().encoder)
+
+
+def test_save_and_reload_keeps_encoder_and_head(tmp_path):
+    model = _model("mean")
+    # Move the head off its init so reloading a fresh head would be caught.
+    model.head.bias.set_value(jnp.array([0.7]))
+    ids, mask = _batch()
+    save_pretrained(model, tmp_path)
+    assert {"config.json", "model.safetensors", "jaxsent_head.safetensors"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    reloaded = SentimentClassifier.from_pretrained(tmp_path)
+    assert reloaded.pooling == "mean"
+    np.testing.assert_allclose(forward(reloaded, ids, mask), forward(model, ids, mask), atol=1e-6)
+    with pytest.raises(ValueError, match="contradicts the saved head"):
+        SentimentClassifier.from_pretrained(tmp_path, pooling="cls")
+    # A bare encoder directory gets a fresh head.
+    save_pretrained(model.encoder, tmp_path / "encoder_only")
+    fresh = SentimentClassifier.from_pretrained(tmp_path / "encoder_only", pooling="cls")
+    assert fresh.head.bias.get_value()[0] == 0.0
+
+
+def test_corrupt_head_file_is_reported(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_pretrained(_model("cls"), tmp_path)
+    save_file(
+        {"classifier.weight": np.zeros((1, 5), np.float32), "classifier.bias": np.zeros(1, np.float32)},
+        str(tmp_path / "jaxsent_head.safetensors"),
+        metadata={"pooling": "cls"},
+    )
+    with pytest.raises(CheckpointError, match=r"classifier.weight has shape \(1, 5\)"):
+        SentimentClassifier.from_pretrained(tmp_path)
+
+
+def test_minilm_classifier_and_tokenizer():
+    tokenizer = load_tokenizer("minilm-l6")
+    assert tokenizer.is_fast
+    model = SentimentClassifier.from_pretrained("minilm-l6", pooling="cls_mean")
+    assert model.config.hidden_size == 384 and model.head.kernel.shape == (768, 1)
+    enc = tokenizer(["great", "a dull and overlong film"], padding=True, return_tensors="np")
+    logits = forward(model, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]))
+    assert logits.shape == (2,) and np.isfinite(np.asarray(logits)).all()
