@@ -31,7 +31,7 @@ from jaxsent.models import SentimentClassifier, load_tokenizer
 from jaxsent.training.checkpointing import Checkpoints
 from jaxsent.training.optim import make_optimizer
 from jaxsent.training.preemption import StopSignals, TrainingInterrupted
-from jaxsent.training.steps import StepFunctions, build_steps
+from jaxsent.training.steps import StepFunctions, build_steps, trainable_filter
 from jaxsent.training.writers import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
     )
     tx, schedule = make_optimizer(config.optim, total_steps=total_steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
 
     with jax.set_mesh(mesh), StopSignals() as stop:
         steps, state = build_steps(

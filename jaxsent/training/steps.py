@@ -39,6 +39,17 @@ class StepFunctions:
         return self.eval_step_fn(state, self.rng_state, batch)
 
 
+def trainable_filter(model: nnx.Module):
+    """What the optimiser updates: every `nnx.Param`, less the pooler under mean pooling.
+
+    Mean pooling never reads the pretrained tanh pooler, so it gets no gradient; leaving it out
+    also keeps weight decay from silently shrinking it in the exported checkpoint.
+    """
+    if getattr(model, "pooling", None) == "mean":
+        return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("pooler")))
+    return nnx.Param
+
+
 def split_train_state(model: nnx.Module, optimizer: nnx.Optimizer):
     """(graphdef, rng_state, state): RNG streams apart, so checkpoints hold arrays only."""
     return nnx.split((model, optimizer), nnx.RngState, ...)
@@ -57,7 +68,8 @@ def build_steps(
 
     Args:
       model: the classifier (`model(input_ids, attention_mask) -> logits [B]`).
-      optimizer: `nnx.Optimizer(model, tx, wrt=nnx.Param)`.
+      optimizer: `nnx.Optimizer(model, tx, wrt=trainable_filter(model))`; gradients are
+        taken with respect to the same filter.
       loss_fn: `loss_fn(logits, labels, lengths, *, where) -> scalar`, e.g. from
         `jaxsent.losses.get_loss`.
       dropout_key: base key for dropout; step `s` uses `fold_in(dropout_key, s)`.
@@ -90,7 +102,9 @@ def build_steps(
             loss = loss_fn(logits, batch["labels"], batch["lengths"], where=batch["where"])
             return loss, logits
 
-        (loss, _), grads = nnx.value_and_grad(compute_loss, has_aux=True)(model)
+        (loss, _), grads = nnx.value_and_grad(
+            compute_loss, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=True
+        )(model)
         grad_norm = optax.tree.norm(grads)
         optimizer.update(model, grads)
         _, _, new_state = split_train_state(model, optimizer)

@@ -1,0 +1,156 @@
+"""The jitted train/eval steps: they learn, touch every parameter, skip non-finite updates, and
+give the same result on one device and data-parallel over eight."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxsent import losses, sharding
+from jaxsent.training.optim import make_optimizer
+from jaxsent.training.steps import build_steps, merge_model, trainable_filter
+from tiny_models import tiny_classifier
+
+OPTIM = dict(
+    learning_rate=1e-3,
+    schedule="constant",
+    warmup_steps=0,
+    warmup_fraction=0.0,
+    weight_decay=0.01,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    grad_clip_norm=1.0,
+    max_consecutive_nonfinite=3,
+)
+
+
+def _batch(batch=16, length=12, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, length + 1, size=batch)
+    mask = np.arange(length)[None, :] < lengths[:, None]
+    ids = np.where(mask, rng.integers(1000, 2000, size=(batch, length)), 0)
+    return {
+        "input_ids": ids.astype(np.int32),
+        "attention_mask": mask.astype(np.int32),
+        "labels": (rng.random(batch) < 0.5).astype(np.int32),
+        "lengths": lengths.astype(np.int32),
+        "where": np.arange(batch) < batch - 3,  # three padding rows, as in a last batch
+    }
+
+
+def _setup(mesh, *, loss_fn=None, seed=0, **model_overrides):
+    model = tiny_classifier(seed=seed, **model_overrides)
+    tx, _ = make_optimizer(OPTIM, total_steps=100)
+    optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
+    with jax.set_mesh(mesh):
+        steps, state = build_steps(
+            model,
+            optimizer,
+            loss_fn=loss_fn or losses.get_loss("focal"),
+            dropout_key=jax.random.key(7),
+            state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, "dp"),
+        )
+    return steps, state
+
+
+def _place(batch, mesh):
+    return jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+
+
+def _params(steps, state):
+    return nnx.to_pure_dict(nnx.state(merge_model(steps, state), nnx.Param))
+
+
+@pytest.fixture(scope="module")
+def one_device_mesh():
+    return sharding.make_mesh(devices=jax.devices()[:1])
+
+
+def test_step_changes_every_parameter_and_loss_decreases(one_device_mesh):
+    mesh = one_device_mesh
+    steps, state = _setup(mesh, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    before = jax.tree.map(np.array, _params(steps, state))
+    batch = _place(_batch(), mesh)
+    seen = []
+    with jax.set_mesh(mesh):
+        for _ in range(8):
+            state, metrics = steps.train_step(state, batch)
+            seen.append(float(metrics["loss"]))
+    after = _params(steps, state)
+    # Mean pooling never reads the pooler: it is excluded from training (trainable_filter).
+    unchanged = [
+        jax.tree_util.keystr(path)
+        for (path, a), b in zip(
+            jax.tree_util.tree_leaves_with_path(before), jax.tree_util.tree_leaves(after)
+        )
+        if np.array_equal(a, np.asarray(b)) != ("pooler" in jax.tree_util.keystr(path))
+    ]
+    assert not unchanged, f"parameters updated against the trainable filter: {unchanged}"
+    assert np.all(np.diff(seen) < 0) and seen[-1] < 0.9 * seen[0], seen
+    assert int(metrics["examples"]) == 13
+    assert int(metrics["real_tokens"]) == int(np.sum(_batch()["lengths"][:13]))
+
+
+def test_step_keeps_parameter_shardings_and_counts_steps(one_device_mesh):
+    steps, state = _setup(one_device_mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    with jax.set_mesh(one_device_mesh):
+        state, _ = steps.train_step(state, _place(_batch(), one_device_mesh))
+    assert jax.tree.map(lambda x: x.sharding, state) == shardings
+    assert int(nnx.to_pure_dict(state)[1]["step"]) == 1
+
+
+def test_data_parallel_step_equals_single_device_step(one_device_mesh):
+    """Eight devices on `data` vs one: same dropout masks, same loss and parameters (1e-5)."""
+    assert jax.device_count() >= 8, "tests/conftest.py asks XLA for 8 host devices"
+    mesh8 = sharding.make_mesh(data=8, devices=jax.devices()[:8])
+    results = []
+    for mesh in (one_device_mesh, mesh8):
+        steps, state = _setup(mesh)
+        losses_seen = []
+        with jax.set_mesh(mesh):
+            for seed in range(3):
+                state, metrics = steps.train_step(state, _place(_batch(seed=seed), mesh))
+                losses_seen.append(float(metrics["loss"]))
+        results.append((losses_seen, jax.tree.map(np.asarray, _params(steps, state))))
+    (loss1, params1), (loss8, params8) = results
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5), params1, params8)
+
+
+def test_nonfinite_loss_skips_the_update_and_is_reported(one_device_mesh):
+    def poisoned(logits, labels, lengths, *, where):
+        # A NaN reaching the logits (as from an overflow in the forward pass): loss and every
+        # gradient become NaN.
+        logits = jnp.where(jnp.any(lengths == 999), jnp.nan, 1.0) * logits
+        return losses.bce_loss(logits, labels, lengths, where=where)
+
+    steps, state = _setup(one_device_mesh, loss_fn=poisoned)
+    before = jax.tree.map(np.array, _params(steps, state))
+    bad = _batch()
+    bad["lengths"][0] = 999
+    with jax.set_mesh(one_device_mesh):
+        state, metrics = steps.train_step(state, _place(bad, one_device_mesh))
+        assert not bool(metrics["finite"])
+        jax.tree.map(np.testing.assert_array_equal, before, _params(steps, state))
+        opt = nnx.to_pure_dict(state)[1]["opt_state"]
+        assert int(opt["notfinite_count"]) == 1 and int(opt["total_notfinite"]) == 1
+        state, metrics = steps.train_step(state, _place(_batch(), one_device_mesh))
+        assert bool(metrics["finite"])
+        assert int(nnx.to_pure_dict(state)[1]["opt_state"]["notfinite_count"]) == 0
+
+
+def test_eval_step_is_deterministic_and_matches_the_model(one_device_mesh):
+    steps, state = _setup(one_device_mesh)
+    batch = _batch()
+    with jax.set_mesh(one_device_mesh):
+        a = steps.eval_step(state, _place(batch, one_device_mesh))
+        b = steps.eval_step(state, _place(batch, one_device_mesh))
+    model = merge_model(steps, state)
+    direct = model(jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, direct, rtol=1e-5, atol=1e-6)
+    assert a.shape == (16,) and a.dtype == jnp.float32
