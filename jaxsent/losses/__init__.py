@@ -1,0 +1,51 @@
+"""The seed's sentiment losses as pure, jittable, shardable JAX functions.
+
+Losses (scalar, mean over the real rows):
+
+* :func:`sentiment_weighted_loss` — BCE x normalised confidence x length weights;
+* :func:`sentiment_focal_loss` — smoothed BCE x focal modulator x the same weights;
+* :func:`bce_loss` — plain mean sigmoid BCE, the baseline;
+* :func:`get_loss` — one of the three by name ('bce', 'weighted', 'focal').
+
+Per-example building blocks: :func:`sigmoid_binary_cross_entropy`,
+:func:`smooth_binary_labels`, :func:`focal_modulator`, :func:`confidence_weights`,
+:func:`length_weights`, :func:`normalize_weights`.
+
+Validation: :func:`check_loss_inputs` (the losses call it). Shape and dtype problems
+fail at trace time; bad values raise ``ValueError`` on concrete inputs, and under
+``jax.jit`` are available through ``jax.experimental.checkify``::
+
+    err, loss = checkify.checkify(jax.jit(sentiment_focal_loss),
+                                  errors=checkify.user_checks)(logits, labels, lengths)
+    err.throw()
+"""
+
+from jaxsent.losses._registry import LOSS_NAMES
+from jaxsent.losses._registry import get_loss
+from jaxsent.losses._sentiment import bce_loss
+from jaxsent.losses._sentiment import sentiment_focal_loss
+from jaxsent.losses._sentiment import sentiment_weighted_loss
+from jaxsent.losses._terms import STABILIZER
+from jaxsent.losses._terms import confidence_weights
+from jaxsent.losses._terms import focal_modulator
+from jaxsent.losses._terms import length_weights
+from jaxsent.losses._terms import normalize_weights
+from jaxsent.losses._terms import sigmoid_binary_cross_entropy
+from jaxsent.losses._terms import smooth_binary_labels
+from jaxsent.losses._validation import check_loss_inputs
+
+__all__ = (
+    "LOSS_NAMES",
+    "STABILIZER",
+    "bce_loss",
+    "check_loss_inputs",
+    "confidence_weights",
+    "focal_modulator",
+    "get_loss",
+    "length_weights",
+    "normalize_weights",
+    "sentiment_focal_loss",
+    "sentiment_weighted_loss",
+    "sigmoid_binary_cross_entropy",
+    "smooth_binary_labels",
+)
