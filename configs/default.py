@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.train_size = 0  # 0 = all remaining train examples; else a stratified subset of this size
     data.eval_size = 0  # 0 = the whole eval split; else a fixed stratified sample of this size
     data.max_length = 256
+    data.num_buckets = 8  # padded lengths fitted to the train lengths: one compiled shape each
     data.clean_markup = True
     data.on_bad_rows = "error"  # or 'filter' (filtered counts are reported)
 

@@ -41,7 +41,7 @@ def _batch(batch=16, length=12, seed=0):
     }
 
 
-def _setup(mesh, *, loss_fn=None, seed=0, **model_overrides):
+def _setup(mesh, *, loss_fn=None, seed=0, rules="dp", **model_overrides):
     model = tiny_classifier(seed=seed, **model_overrides)
     tx, _ = make_optimizer(OPTIM, total_steps=100)
     optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
@@ -51,7 +51,7 @@ def _setup(mesh, *, loss_fn=None, seed=0, **model_overrides):
             optimizer,
             loss_fn=loss_fn or losses.get_loss("focal"),
             dropout_key=jax.random.key(7),
-            state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, "dp"),
+            state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, rules),
         )
     return steps, state
 
@@ -103,22 +103,54 @@ def test_step_keeps_parameter_shardings_and_counts_steps(one_device_mesh):
     assert int(nnx.to_pure_dict(state)[1]["step"]) == 1
 
 
-def test_data_parallel_step_equals_single_device_step(one_device_mesh):
-    """Eight devices on `data` vs one: same dropout masks, same loss and parameters (1e-5)."""
+def _three_steps(mesh, rules):
+    steps, state = _setup(mesh, rules=rules)
+    losses_seen = []
+    with jax.set_mesh(mesh):
+        for seed in range(3):
+            state, metrics = steps.train_step(state, _place(_batch(seed=seed), mesh))
+            losses_seen.append(float(metrics["loss"]))
+    return steps, state, losses_seen
+
+
+@pytest.mark.parametrize("data, model, rules", [(8, 1, "dp"), (8, 1, "fsdp"), (4, 2, "fsdp_tp")])
+def test_sharded_step_equals_single_device_step(one_device_mesh, data, model, rules):
+    """Eight devices vs one: same dropout masks, same losses and parameters within 1e-5."""
     assert jax.device_count() >= 8, "tests/conftest.py asks XLA for 8 host devices"
-    mesh8 = sharding.make_mesh(data=8, devices=jax.devices()[:8])
+    mesh8 = sharding.make_mesh(data=data, model=model, devices=jax.devices()[:8])
     results = []
-    for mesh in (one_device_mesh, mesh8):
-        steps, state = _setup(mesh)
-        losses_seen = []
-        with jax.set_mesh(mesh):
-            for seed in range(3):
-                state, metrics = steps.train_step(state, _place(_batch(seed=seed), mesh))
-                losses_seen.append(float(metrics["loss"]))
+    for mesh, mesh_rules in ((one_device_mesh, "dp"), (mesh8, rules)):
+        steps, state, losses_seen = _three_steps(mesh, mesh_rules)
         results.append((losses_seen, jax.tree.map(np.asarray, _params(steps, state))))
     (loss1, params1), (loss8, params8) = results
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5), params1, params8)
+
+
+def test_fsdp_spreads_parameters_and_optimizer_moments_over_devices():
+    mesh = sharding.make_mesh(data=8, devices=jax.devices()[:8])
+    steps, state, _ = _three_steps(mesh, "fsdp")
+    pure = nnx.to_pure_dict(state)
+    params, opt = pure[0], pure[1]
+    # Every matrix with a hidden-size (32) dimension is split along it over the 8 devices
+    # (32 divides by 8; the vocabulary axis is not sharded by the fsdp rules).
+    sharded = [
+        (jax.tree_util.keystr(path), x)
+        for path, x in jax.tree_util.tree_leaves_with_path(params)
+        if x.ndim >= 2 and 32 in x.shape
+    ]
+    assert len(sharded) >= 10
+    for name, x in sharded:
+        shard = x.addressable_shards[0].data
+        assert shard.size * 8 == x.size, (name, x.shape, shard.shape)
+        assert len({s.device for s in x.addressable_shards}) == 8
+    moments = [
+        x
+        for path, x in jax.tree_util.tree_leaves_with_path(opt)
+        if "mu" in jax.tree_util.keystr(path) and x.ndim >= 2 and 32 in x.shape
+    ]
+    assert len(moments) == len([name for name, _ in sharded if "pooler" not in name])
+    assert all(x.addressable_shards[0].data.size * 8 == x.size for x in moments)
 
 
 def test_nonfinite_loss_skips_the_update_and_is_reported(one_device_mesh):

@@ -49,6 +49,12 @@ def main(argv):
     jaxsent_log.propagate = False
     import jax
 
+    # Compiled steps persist across runs (one compile per bucket shape is otherwise paid again
+    # by every run and every resume).
+    jax.config.update(
+        "jax_compilation_cache_dir",
+        os.environ.get("JAXSENT_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxsent/xla")),
+    )
     if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,

@@ -248,7 +248,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     tokenizer = load_tokenizer(config.model.name)
     splits, full_sizes = load_splits(config, tokenizer)
     boundaries = data_lib.make_bucket_boundaries(
-        config.data.max_length, lengths=splits["train"].arrays.lengths
+        config.data.max_length,
+        num_buckets=config.data.num_buckets,
+        lengths=splits["train"].arrays.lengths,
     )
     place = BatchPlacer(mesh, pad_id=tokenizer.pad_token_id or 0)
 
