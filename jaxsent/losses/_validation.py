@@ -110,8 +110,9 @@ def _check_array_values(name, values, bad_fn, where, requirement):
     value = jnp.sum(jnp.where(jnp.arange(values.shape[0]) == index, values, 0))
     checkify.debug_check(
         jnp.logical_not(jnp.any(bad)),
-        f"{name} {requirement}; got {{value}} at index {{index}}",
-        value=value, index=index)
+        f"{name} {requirement}; got {{value}} at index {{index}} "
+        "({count} bad value(s) in total)",
+        value=value, index=index, count=jnp.sum(bad))
     return
   values = np.ravel(np.asarray(values))
   bad = bad_fn(np, values)
