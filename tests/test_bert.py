@@ -86,7 +86,12 @@ def _compare_submodules(ours: bert.BertModel, hf, ids, mask, types):
     # Feed HF's embeddings into our block so the comparison isolates the block.
     first = ours.encoder.layers[0](jnp.asarray(hf_emb.numpy()), bool_mask, deterministic=True)
     _assert_close_on_real(first, hf_first, mask, "first layer")
-    out = ours(jnp.asarray(ids), attention_mask=jnp.asarray(mask), token_type_ids=jnp.asarray(types), deterministic=True)
+    out = ours(
+        jnp.asarray(ids),
+        attention_mask=jnp.asarray(mask),
+        token_type_ids=jnp.asarray(types),
+        deterministic=True,
+    )
     _assert_close_on_real(out.last_hidden_state, hf_out.last_hidden_state, mask, "full encoder")
     pool_diff = np.abs(np.asarray(out.pooler_output) - hf_out.pooler_output.numpy()).max()
     assert pool_diff <= TOL, f"pooler: max abs diff {pool_diff:.3g}"
@@ -116,20 +121,40 @@ def test_tiny_parity_per_submodule(tiny):
     _compare_submodules(ours, hf, ids, mask, types)
 
 
+def test_tiny_parity_with_explicit_einsum_attention(tiny_dir):
+    directory, hf = tiny_dir
+    ours = bert.from_pretrained(directory, attention_impl="einsum")
+    _compare_submodules(ours, hf, *_batch(TINY))
+
+
+def test_attention_probability_dropout_only(tiny_dir):
+    directory, _ = tiny_dir
+    rates = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.5}
+    model = bert.from_pretrained(directory, config_overrides=rates)
+    ids, mask, _ = (jnp.asarray(a) for a in _batch(TINY))
+    run = nnx.jit(lambda m, a, b, r: m(a, b, rngs=r).last_hidden_state)
+    evaluated = run(model, ids, mask, nnx.Rngs(dropout=0))
+    model.train()
+    trained = run(model, ids, mask, nnx.Rngs(dropout=0))
+    assert np.isfinite(np.asarray(trained)).all() and not np.allclose(trained, evaluated)
+
+
 def test_tiny_parity_default_token_types_and_no_mask(tiny):
     ours, hf = tiny
     ids, _, _ = _batch(TINY, batch=2, length=5, seed=1)
     with torch.no_grad():
         ref = hf(torch.tensor(ids, dtype=torch.long))
     out = ours(jnp.asarray(ids))
-    np.testing.assert_allclose(out.last_hidden_state, ref.last_hidden_state.numpy(), atol=TOL, rtol=0)
+    ref = ref.last_hidden_state.numpy()
+    np.testing.assert_allclose(out.last_hidden_state, ref, atol=TOL, rtol=0)
 
 
 def test_jit_matches_eager(tiny):
     ours, _ = tiny
     ids, mask, types = _batch(TINY)
     eager = ours(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
-    jitted = nnx.jit(lambda m, a, b, c: m(a, b, c))(ours, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
+    args = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)
+    jitted = nnx.jit(lambda m, a, b, c: m(a, b, c))(ours, *args)
     # jit fuses and reorders float32 sums: a few ulps of O(1) values.
     np.testing.assert_allclose(jitted.pooler_output, eager.pooler_output, atol=1e-5, rtol=0)
 
@@ -247,14 +272,16 @@ def test_wrong_shape_names_tensor_and_shapes(tiny_files, tmp_path):
     tensors, config = tiny_files
     bad = dict(tensors)
     bad["encoder.layer.2.attention.self.key.weight"] = np.zeros((48, 47), np.float32)
-    with pytest.raises(CheckpointError, match=r"attention\.self\.key\.weight.*\(48, 47\), expected \(48, 48\)"):
+    message = r"attention\.self\.key\.weight.*\(48, 47\), expected \(48, 48\)"
+    with pytest.raises(CheckpointError, match=message):
         bert.from_pretrained(_write(tmp_path / "shape", bad, config))
 
 
 def test_foreign_architecture_is_rejected(tiny_files, tmp_path):
     tensors, config = tiny_files
     with pytest.raises(ValueError, match="model_type='distilbert'"):
-        bert.from_pretrained(_write(tmp_path / "arch", tensors, {**config, "model_type": "distilbert"}))
+        foreign_config = {**config, "model_type": "distilbert"}
+        bert.from_pretrained(_write(tmp_path / "arch", tensors, foreign_config))
     # BERT config but another architecture's tensor names: every parameter is listed.
     foreign = {"roberta." + k: v for k, v in tensors.items()}
     with pytest.raises(CheckpointError) as err:

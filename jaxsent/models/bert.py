@@ -45,7 +45,7 @@ SUPPORTED_ACTIVATIONS = {
     "swish": jax.nn.silu,
 }
 
-ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +280,7 @@ class BertSelfAttention(nnx.Module):
         dropout_on = self.dropout.rate > 0 and not (
             self.dropout.deterministic if deterministic is None else deterministic
         )
-        if dropout_on:
+        if dropout_on or self.attention_impl == "einsum":
             # jax.nn.dot_product_attention has no dropout on the probabilities; HF applies
             # it in training, so this path spells the attention out (same math).
             scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
@@ -350,8 +350,12 @@ class BertModel(nnx.Module):
     Args:
       config: the architecture.
       dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32.
-      attention_impl: ``None``/``"xla"`` (boolean padding mask, any padding layout) or
-        ``"cudnn"`` (fused GPU kernel; padding passed as lengths, so right padding only).
+      attention_impl: how attention runs when attention-probability dropout is off
+        (with it on, always the explicit ``"einsum"`` form, since
+        ``jax.nn.dot_product_attention`` has no dropout): ``None``/``"xla"`` is
+        ``jax.nn.dot_product_attention`` with a boolean padding mask (any padding layout);
+        ``"cudnn"`` its fused GPU kernel (padding passed as lengths, so right padding only;
+        untested here, no GPU); ``"einsum"`` the explicit softmax(q k^T / sqrt(d)) v.
       rngs: parameter initialisation keys (``rngs.params``). Dropout keys are passed at
         call time, so the encoder holds parameters only.
     """
@@ -418,7 +422,9 @@ class BertModel(nnx.Module):
                 raise ValueError(
                     f"{name} shape {arr.shape} does not match input_ids shape {input_ids.shape}"
                 )
-        dropout_on = not (
+        config = self.config
+        has_dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+        dropout_on = has_dropout and not (
             self.embeddings.dropout.deterministic if deterministic is None else deterministic
         )
         if dropout_on and rngs is None:

