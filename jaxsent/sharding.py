@@ -211,7 +211,9 @@ def tree_shardings(state: T, mesh: Mesh, rules: str | Rules | Mapping[str, str |
     )
 
 
-def shard_model(model: nnx.Module, mesh: Mesh, rules: str | Rules | Mapping[str, str | None]) -> None:
+def shard_model(
+    model: nnx.Module, mesh: Mesh, rules: str | Rules | Mapping[str, str | None]
+) -> None:
     """Places every variable of ``model`` (an encoder, classifier or optimizer) in place.
 
     Args:

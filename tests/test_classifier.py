@@ -80,7 +80,8 @@ def test_pooling_features_are_the_documented_ones():
     def head(model, features):
         return features @ model.head.kernel.get_value()[:, 0] + model.head.bias.get_value()[0]
 
-    np.testing.assert_allclose(forward(cls_model, ids, mask), head(cls_model, out.pooler_output), atol=1e-5)
+    cls = out.pooler_output
+    np.testing.assert_allclose(forward(cls_model, ids, mask), head(cls_model, cls), atol=1e-5)
     mean = masked_mean(out.last_hidden_state, mask)
     np.testing.assert_allclose(forward(mean_model, ids, mask), head(mean_model, mean), atol=1e-5)
     cat = jnp.concatenate([out.pooler_output, mean], -1)
@@ -162,7 +163,10 @@ def test_corrupt_head_file_is_reported(tmp_path):
 
     save_pretrained(_model("cls"), tmp_path)
     save_file(
-        {"classifier.weight": np.zeros((1, 5), np.float32), "classifier.bias": np.zeros(1, np.float32)},
+        {
+            "classifier.weight": np.zeros((1, 5), np.float32),
+            "classifier.bias": np.zeros(1, np.float32),
+        },
         str(tmp_path / "jaxsent_head.safetensors"),
         metadata={"pooling": "cls"},
     )

@@ -109,7 +109,12 @@ def test_sharded_forward_equals_single_device(strategy, single_device):
     model = _model()
     sharding.shard_model(model, mesh, strategy)
     kernel = model.encoder.encoder.layers[0].intermediate.kernel.get_value()
-    expected = {"dp": P(None, None), "fsdp": P("data", None), "tp": P(None, "model"), "fsdp_tp": P("data", "model")}
+    expected = {
+        "dp": P(None, None),
+        "fsdp": P("data", None),
+        "tp": P(None, "model"),
+        "fsdp_tp": P("data", "model"),
+    }
     assert kernel.sharding.spec == expected[strategy]
     ids, mask, _ = (jax.device_put(x, sharding.batch_sharding(mesh)) for x in _batch())
     with jax.set_mesh(mesh):
@@ -130,7 +135,8 @@ def test_sharded_train_step_equals_single_device(strategy, single_device):
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
     sharding.shard_model(optimizer, mesh, strategy)
     mu = optimizer.opt_state[0].mu["encoder"]["encoder"]["layers"][0]["intermediate"]["kernel"]
-    assert mu.get_value().sharding.spec == model.encoder.encoder.layers[0].intermediate.kernel.get_value().sharding.spec
+    kernel = model.encoder.encoder.layers[0].intermediate.kernel
+    assert mu.get_value().sharding.spec == kernel.get_value().sharding.spec
     ids, mask, labels = (jax.device_put(x, sharding.batch_sharding(mesh)) for x in _batch())
     model.train()
     with jax.set_mesh(mesh):
@@ -140,7 +146,9 @@ def test_sharded_train_step_equals_single_device(strategy, single_device):
         nnx.to_flat_state(ref_params), nnx.to_flat_state(nnx.state(model, nnx.Param))
     ):
         # Adam's first step moves each weight by ~lr * sign(grad); 1e-5 is 1% of that step.
-        np.testing.assert_allclose(np.asarray(new.get_value()), ref.get_value(), atol=1e-5, err_msg=str(path))
+        np.testing.assert_allclose(
+            np.asarray(new.get_value()), ref.get_value(), atol=1e-5, err_msg=str(path)
+        )
 
 
 def test_tree_shardings_of_abstract_state():
