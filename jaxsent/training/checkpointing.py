@@ -70,12 +70,23 @@ class Checkpoints:
         )
 
     def save_latest(self, step: int, state: nnx.State, meta: dict[str, Any]) -> None:
+        """Save `state` as step `step`.
+
+        A resumed run can reach a step that already has a checkpoint only when that one was
+        unreadable (the resume skipped it): it is replaced.
+        """
+        if step in self.latest.all_steps():
+            log.warning("replacing checkpoint %s", Path(self.latest.directory) / str(step))
+            self.latest.delete(step)
         self.latest.save(step, args=self._save_args(state, meta), force=True)
 
     def save_best(
         self, step: int, state: nnx.State, meta: dict[str, Any], metrics: dict[str, float]
     ) -> None:
         """Offer `state` as a best candidate; orbax keeps it only if `metrics` beat the kept one."""
+        if step in self.best.all_steps():
+            # Written before an interruption by the same deterministic run: already the same.
+            return
         metrics = {k: float(v) for k, v in metrics.items()}
         self.best.save(step, args=self._save_args(state, meta), metrics=metrics, force=True)
 
