@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Callable
 
@@ -60,11 +59,11 @@ def get_loss(name: str, **hyperparameters) -> Callable:
         f"valid: {', '.join(allowed) if allowed else 'none'}")
   _validation.check_hyperparameters(**hyperparameters)
 
-  @functools.wraps(fn)
   def loss_fn(logits, labels, lengths, *, where=None):
     return fn(logits, labels, lengths, where=where, **hyperparameters)
 
-  loss_fn.__name__ = f"{name}_loss"
-  loss_fn.__qualname__ = loss_fn.__name__
+  loss_fn.__name__ = loss_fn.__qualname__ = f"{name}_loss"
+  loss_fn.__doc__ = (f"``{fn.__name__}`` with {hyperparameters or 'its defaults'} "
+                     f"bound; see :func:`jaxsent.losses.{fn.__name__}`.")
   loss_fn.hyperparameters = dict(hyperparameters)
   return loss_fn
