@@ -178,6 +178,20 @@ def test_gradient_at_zero_logits_is_exact():
   np.testing.assert_allclose(grad, np.where(labels == 1, -0.25, 0.25), rtol=1e-6)
 
 
+@pytest.mark.parametrize("gamma", [0.1, 0.5, 0.9, -0.1, -0.5])
+def test_modulator_slope_is_finite_where_its_base_vanishes(gamma):
+  """u ** g has an infinite slope at u = 0 for 0 < g < 1; the seed's + 1e-8 keeps the
+  base >= 1e-8, and du/dx -> 0 there, so the slope is finite and tends to 0."""
+  logits = jnp.array([1e4, -1e4, 200.0, -200.0, 40.0, -40.0, 17.0])
+  labels = jnp.array([1, 0, 1, 0, 0, 1, 1]) if gamma > 0 else jnp.array([0, 1, 0, 1, 1, 0, 0])
+  slope = jax.grad(lambda x: losses.focal_modulator(x, labels, gamma=gamma).sum())(logits)
+  assert np.all(np.isfinite(slope))
+  np.testing.assert_array_equal(slope[:4], 0.0)  # base underflows to 0 (+ 1e-8)
+  # |slope| <= |g| (1e-8)^(|g| - 1) * u with u = sigmoid(-|x|) (and ~ equal for tiny u).
+  bound = abs(gamma) * 1e-8 ** (abs(gamma) - 1) / (1 + np.exp(np.abs(logits[4:])))
+  assert np.all(np.abs(slope[4:]) <= bound * (1 + 1e-5))
+
+
 # ----------------------------------------------------------------------------------
 # jit == eager, output shapes
 # ----------------------------------------------------------------------------------

@@ -162,8 +162,12 @@ def focal_modulator(
   (:math:`0 < |\gamma| < 1`): the slope is at most :math:`|\gamma| 10^{-8(|\gamma| - 1)}`
   times :math:`du/dx`, and :math:`|du/dx| \le u`.
 
-  ``gamma`` may be traced (e.g. swept under ``jax.jit``); a Python number selects the
-  branch statically.
+  A Python ``gamma`` selects the branch statically; whole and half-whole ``|gamma|``
+  (0.5, 1, 2, ...) are computed with multiplications and ``sqrt`` (a few ulp), other
+  values as :math:`\exp(|\gamma| \log b)` (relative error about
+  :math:`|\gamma \log b|` ulp: at most 2.2e-6 in float32 for :math:`|\gamma| \le 2`).
+  ``gamma`` may also be traced (e.g. swept under ``jax.jit``); it then always takes
+  the ``exp``/``log`` form.
 
   >>> import jax.numpy as jnp
   >>> focal_modulator(jnp.array([0.0, 2.0]), jnp.array([1, 0]), gamma=2.0)
