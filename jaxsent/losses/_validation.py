@@ -127,13 +127,14 @@ def _check_array_values(name, values, bad_fn, where, requirement):
 
 def _check_scalar(name, value, ok, requirement):
   """Checks one hyperparameter: ValueError if concrete, debug_check if traced."""
-  if _is_traced(value):
-    checkify.debug_check(ok(jnp.asarray(value)),
-                         f"{name} {requirement}; got {{value}}", value=value)
-    return
   if jnp.ndim(value) != 0:
     raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
-  if not bool(ok(np.asarray(value))):
+  if _is_traced(value):
+    checkify.debug_check(ok(jnp, value), f"{name} {requirement}; got {{value}}",
+                         value=value)
+    return
+  # NumPy, not jnp: under jax.jit even a constant would become a tracer.
+  if not bool(ok(np, np.asarray(value))):
     raise ValueError(f"{name} {requirement}; got {value!r}")
 
 
@@ -157,14 +158,14 @@ def check_hyperparameters(
     TypeError: ``stop_gradient_weights`` is not a Python bool.
   """
   if gamma_focal is not None:
-    _check_scalar("gamma_focal", gamma_focal, lambda g: jnp.isfinite(g) if _is_traced(g)
-                  else np.isfinite(g), "must be a finite number")
+    _check_scalar("gamma_focal", gamma_focal, lambda xnp, g: xnp.isfinite(g),
+                  "must be a finite number")
   if label_smoothing_epsilon is not None:
     _check_scalar("label_smoothing_epsilon", label_smoothing_epsilon,
-                  lambda e: (e >= 0) & (e < 1), "must be in [0, 1)")
+                  lambda xnp, e: (e >= 0) & (e < 1), "must be in [0, 1)")
   if min_length_weight is not None:
     _check_scalar("min_length_weight", min_length_weight,
-                  lambda m: (m >= 0) & (m <= 1), "must be in [0, 1]")
+                  lambda xnp, m: (m >= 0) & (m <= 1), "must be in [0, 1]")
   if stop_gradient_weights is not None and not isinstance(
       stop_gradient_weights, (bool, np.bool_)):
     raise TypeError(
