@@ -213,3 +213,10 @@ def test_checks_cost_nothing_without_checkify():
   hlo = jax.jit(losses.sentiment_focal_loss).lower(
       GOOD["logits"], GOOD["labels"], GOOD["lengths"]).compile().as_text()
   assert "argmax" not in hlo and "custom-call" not in hlo
+
+
+def test_library_does_not_import_torch():
+  import subprocess
+  import sys
+  code = "import sys, jaxsent.losses; sys.exit('torch' in sys.modules)"
+  assert subprocess.run([sys.executable, "-c", code]).returncode == 0
