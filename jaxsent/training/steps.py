@@ -55,6 +55,23 @@ def split_train_state(model: nnx.Module, optimizer: nnx.Optimizer):
     return nnx.split((model, optimizer), nnx.RngState, ...)
 
 
+def _place_keys(tree: nnx.State, shardings: Any) -> nnx.State:
+    """`jax.device_put(tree, shardings)` that also works for PRNG keys across processes.
+
+    jax 0.10.2's `device_put` rejects a typed key array for a sharding spanning several processes
+    ("must be a Device or a Sharding which represents addressable devices"); its raw key data
+    is placed like any array and re-wrapped.
+    """
+
+    def put(x, sharding):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(put, tree, shardings)
+
+
 def build_steps(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
@@ -89,7 +106,7 @@ def build_steps(
     if state_shardings_fn is not None:
         state_shardings = state_shardings_fn(state)
         state = jax.device_put(state, state_shardings)
-        rng_state = jax.device_put(rng_state, state_shardings_fn(rng_state))
+        rng_state = _place_keys(rng_state, state_shardings_fn(rng_state))
 
     # The RNG streams are passed as (undonated) arguments rather than closed over: NNX refuses to
     # reseed a Variable that was created outside the trace.
