@@ -56,6 +56,10 @@ def main(argv):
         os.environ.get("JAXSENT_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxsent/xla")),
     )
     if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
+        # Collectives between CPU devices of different processes (tests, CPU clusters) go over
+        # TCP with gloo: jax 0.10.2's default, set explicitly because releases without a default
+        # fail them. Only the CPU backend reads this option.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,

@@ -230,6 +230,22 @@ def _check_divisible(name: str, batch: int, mesh: jax.sharding.Mesh) -> None:
         )
 
 
+def _stop_agreed(stop: StopSignals, *, check: bool) -> bool:
+    """Whether every process stops after this step.
+
+    One process acts on its own signal at once. Several must stop after the same step (a process
+    that stops alone leaves the others blocked in the next step's collectives), and a signal may
+    reach them at different steps or reach only some: they agree with one all-gather at the
+    `check` steps (the log steps, which already wait for the device), so a stop takes effect
+    within `train.log_every_steps` steps.
+    """
+    if jax.process_count() == 1:
+        return stop.requested
+    if not check:
+        return False
+    return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Fine-tune, select on validation, report on the eval split; returns the eval metrics."""
     workdir = Path(workdir).absolute()
@@ -332,10 +348,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if better:
                 best = score
             ckpts.save_best(step, state, meta_for(step), values)
-            tqdm.write(
-                f"step {step}: validation "
-                + ", ".join(f"{k}={values[k]:.4f}" for k in ("accuracy", "f1", "nll", "ece"))
-            )
+            if is_main:
+                tqdm.write(
+                    f"step {step}: validation "
+                    + ", ".join(f"{k}={values[k]:.4f}" for k in ("accuracy", "f1", "nll", "ece"))
+                )
 
         plan_cache: dict[int, list] = {}
         pending: list[dict[str, jax.Array]] = []
@@ -392,14 +409,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             bar.update(1)
             if done % eval_every == 0 or done == total_steps:
                 run_validation(done)
-            if done % tc.checkpoint_every_steps == 0 or done == total_steps or stop.requested:
+            stopping = _stop_agreed(
+                stop, check=done % tc.log_every_steps == 0 or done == total_steps
+            )
+            if done % tc.checkpoint_every_steps == 0 or done == total_steps or stopping:
                 ckpts.save_latest(done, state, meta_for(done))
-            if stop.requested:
+            if stopping:
                 bar.close()
                 ckpts.close()
                 writer.close()
+                by = f"signal {stop.received}" if stop.requested else "a signal to another process"
                 raise TrainingInterrupted(
-                    f"stopped by signal {stop.received} after step {done}; checkpoint saved in "
+                    f"stopped by {by} after step {done}; checkpoint saved in "
                     f"{workdir / 'checkpoints'}. Rerun the same command to resume."
                 )
         bar.close()
