@@ -14,6 +14,7 @@ over the training time between two saves.
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 import jax
 from flax import nnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's configs/
+from configs import default  # noqa: E402
 from jaxsent.models import BertConfig, SentimentClassifier
 from jaxsent.training.checkpointing import Checkpoints
 from jaxsent.training.optim import make_optimizer
@@ -31,9 +34,7 @@ SHAPES = {
                             intermediate_size=1536),
     "bert-base": BertConfig(),
 }
-OPTIM = dict(learning_rate=1e-4, schedule="linear", warmup_steps=0, warmup_fraction=0.0,
-             weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0,
-             max_consecutive_nonfinite=10)
+OPTIM = dict(default.get_config().optim)
 
 
 def du(path: Path) -> int:

@@ -12,7 +12,7 @@ def get_config():
     config = default.get_config()
     config.data.name = "imdb"
     config.data.max_length = 256
-    config.data.train_size = 3000
+    config.data.train_size = 6000
     config.data.validation_size = 500
     config.data.eval_size = 2000
     config.model.pooling = "mean"

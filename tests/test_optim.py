@@ -5,19 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from configs import default
 
 from jaxsent.training.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
 
-CONFIG = dict(
-    learning_rate=1e-3,
-    schedule="linear",
-    warmup_steps=-1,
-    warmup_fraction=0.1,
-    weight_decay=0.1,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    grad_clip_norm=1.0,
+# The shipped defaults, with a warmup long enough to see and strong decay to measure.
+CONFIG = dict(default.get_config().optim) | dict(
+    learning_rate=1e-3, warmup_steps=-1, warmup_fraction=0.1, weight_decay=0.1,
     max_consecutive_nonfinite=3,
 )
 

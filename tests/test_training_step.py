@@ -8,24 +8,16 @@ import optax
 import pytest
 from flax import nnx
 
+from configs import default
+
 from jaxsent import losses, sharding
 from jaxsent.training.optim import make_optimizer
 from jaxsent.training.steps import build_steps, merge_model, trainable_filter
 from tiny_models import tiny_classifier
 
-OPTIM = dict(
-    learning_rate=1e-3,
-    schedule="constant",
-    warmup_steps=0,
-    warmup_fraction=0.0,
-    weight_decay=0.01,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    grad_clip_norm=1.0,
-    max_consecutive_nonfinite=3,
+OPTIM = dict(default.get_config().optim) | dict(
+    learning_rate=1e-3, schedule="constant", warmup_steps=0, max_consecutive_nonfinite=3
 )
-
 
 def _batch(batch=16, length=12, seed=0):
     rng = np.random.default_rng(seed)
