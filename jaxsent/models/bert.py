@@ -18,12 +18,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 __all__ = [
@@ -187,6 +189,98 @@ class BertOutput(NamedTuple):
     pooler_output: jax.Array | None
 
 
+# Dropout masks. nnx.Dropout draws them with jax.random.bernoulli, whose threefry2x32 hash JAX
+# lowers on CPU as a rolled loop: five passes over mask-sized arrays, ~20% of the MiniLM train
+# step (attention-probability masks are [B, heads, L, L]). `Dropout` below computes the same
+# hash round by round, which XLA fuses into the ops that use the mask, and gives bit-identical
+# masks; other key implementations and settings take nnx's own path.
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry2x32(k1: jax.Array, k2: jax.Array, x0: jax.Array, x1: jax.Array):
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011), as ``jax.random``'s threefry2x32."""
+
+    def rotate_left(x, bits):
+        return (x << jnp.uint32(bits)) | (x >> jnp.uint32(32 - bits))
+
+    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for bits in _THREEFRY_ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ rotate_left(x1, bits)
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x0, x1
+
+
+def _fast_bernoulli_applies(key: jax.Array, size: int) -> bool:
+    return (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        and key.shape == ()
+        and str(jax.random.key_impl(key)) == "threefry2x32"
+        and jax.config.jax_threefry_partitionable
+        and not jax.config.jax_enable_x64  # a Python float p would draw float64 uniforms
+        and size < 2**32  # counters then fit the low word
+    )
+
+
+def bernoulli(key: jax.Array, p: float, shape: tuple[int, ...], *, out_sharding=None):
+    """``jax.random.bernoulli(key, p, shape)`` with a Python float ``p``, fusible on CPU.
+
+    For a scalar ``threefry2x32`` key (the default) the result is bit-identical to
+    ``jax.random.bernoulli``: element ``i`` (row-major) hashes the counter ``(0, i)``, the
+    two output words are XORed and the top 23 bits, as a float in [0, 1), are compared with
+    ``float32(p)``. Any other key takes ``jax.random.bernoulli`` itself.
+
+    Args:
+      key: a typed PRNG key.
+      p: probability of True.
+      shape: the mask shape.
+      out_sharding: as in ``jax.random.bernoulli``.
+
+    Returns:
+      bool array of ``shape``.
+    """
+    size = 1
+    for dim in shape:
+        size *= dim
+    if not shape or not _fast_bernoulli_applies(key, size):
+        return jax.random.bernoulli(key, p, shape, out_sharding=out_sharding)
+    index = jnp.uint32(0)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        iota = jax.lax.broadcasted_iota(jnp.uint32, shape, axis, out_sharding=out_sharding)
+        index = index + iota * jnp.uint32(stride)
+        stride *= shape[axis]
+    data = jax.random.key_data(key)
+    bits = functools.reduce(
+        jnp.bitwise_xor, _threefry2x32(data[0], data[1], jnp.zeros_like(index), index)
+    )
+    # uniform = (bits >> 9) * 2**-23 exactly, so uniform < p  <=>  (bits >> 9) < ceil(p * 2**23).
+    threshold = math.ceil(float(np.float32(p)) * 2**23)
+    return (bits >> jnp.uint32(9)) < jnp.uint32(threshold)
+
+
+class Dropout(nnx.Dropout):
+    """``nnx.Dropout`` with the same masks, drawn by :func:`bernoulli` (fused on CPU)."""
+
+    def __call__(self, inputs, *, deterministic=None, rngs=None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        rngs = self.rngs if rngs is None else rngs
+        if (
+            deterministic
+            or self.rate in (0.0, 1.0)
+            or self.broadcast_dims
+            or not isinstance(rngs, (nnx.Rngs, nnx.RngStream))
+        ):
+            return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
+        key = rngs[self.rng_collection]() if isinstance(rngs, nnx.Rngs) else rngs()
+        keep_prob = 1.0 - self.rate
+        mask = bernoulli(key, keep_prob, inputs.shape, out_sharding=jax.typeof(inputs).sharding)
+        return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+
+
 def _meta(*axes: str | None) -> dict[str, Any]:
     """Variable metadata for logical axis names (no placement at creation time)."""
     return {"out_sharding": tuple(axes), "eager_sharding": False}
@@ -244,7 +338,7 @@ class BertEmbeddings(nnx.Module):
         self.position_embeddings = embed(config.max_position_embeddings, (None, "embed"))
         self.token_type_embeddings = embed(config.type_vocab_size, (None, "embed"))
         self.layer_norm = _layer_norm(config, dtype, rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout_prob, deterministic=True)
+        self.dropout = Dropout(config.hidden_dropout_prob, deterministic=True)
 
     def __call__(self, input_ids, token_type_ids, *, deterministic=None, rngs=None):
         """Args: input_ids, token_type_ids [B, L] int. Returns: [B, L, H]."""
@@ -272,7 +366,7 @@ class BertSelfAttention(nnx.Module):
             heads, hidden, ("heads", "kv"), ("embed",), config, dtype, rngs, axis=(-2, -1)
         )
         self.attention_impl = attention_impl
-        self.dropout = nnx.Dropout(config.attention_probs_dropout_prob, deterministic=True)
+        self.dropout = Dropout(config.attention_probs_dropout_prob, deterministic=True)
 
     def __call__(self, x, mask, *, deterministic=None, rngs=None):
         """Args: x [B, L, H]; mask [B, L] bool (True = real token). Returns: [B, L, H]."""
@@ -310,11 +404,11 @@ class BertLayer(nnx.Module):
         self.attention = BertSelfAttention(
             config, dtype=dtype, attention_impl=attention_impl, rngs=rngs
         )
-        self.attention_dropout = nnx.Dropout(config.hidden_dropout_prob, deterministic=True)
+        self.attention_dropout = Dropout(config.hidden_dropout_prob, deterministic=True)
         self.attention_norm = _layer_norm(config, dtype, rngs)
         self.intermediate = _dense(hidden, inter, ("embed",), ("mlp",), config, dtype, rngs)
         self.output = _dense(inter, hidden, ("mlp",), ("embed",), config, dtype, rngs)
-        self.output_dropout = nnx.Dropout(config.hidden_dropout_prob, deterministic=True)
+        self.output_dropout = Dropout(config.hidden_dropout_prob, deterministic=True)
         self.output_norm = _layer_norm(config, dtype, rngs)
         self.activation = SUPPORTED_ACTIVATIONS[config.hidden_act]
 
