@@ -178,3 +178,15 @@ def test_eval_step_is_deterministic_and_matches_the_model(one_device_mesh):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, direct, rtol=1e-5, atol=1e-6)
     assert a.shape == (16,) and a.dtype == jnp.float32
+
+
+def test_nonfinite_guard_stops_after_the_limit_in_a_row(tmp_path):
+    from jaxsent.training.loop import NonFiniteGuard
+
+    guard = NonFiniteGuard(3, checkpoint_dir=tmp_path)
+    guard.update([True, False, False, True, False, False], last_step=6)  # runs of 2: fine
+    assert guard.consecutive == 2
+    with pytest.raises(FloatingPointError, match=r"3 consecutive non-finite .* step 7"):
+        guard.update([False], last_step=7)
+    with pytest.raises(ValueError, match="max_consecutive_nonfinite=0"):
+        NonFiniteGuard(0, checkpoint_dir=tmp_path)

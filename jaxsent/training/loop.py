@@ -221,6 +221,32 @@ def _describe_subsets(config, splits: dict[str, Split], full_sizes: dict[str, in
     return notes
 
 
+class NonFiniteGuard:
+    """Counts skipped (non-finite) updates in a row and stops the run at `limit`.
+
+    `optax.apply_if_finite` already skips each such update; a long run of them means the model
+    or the data is broken, and training on would only burn compute.
+    """
+
+    def __init__(self, limit: int, *, checkpoint_dir: Path):
+        if limit < 1:
+            raise ValueError(f"optim.max_consecutive_nonfinite={limit} must be >= 1")
+        self.limit = limit
+        self.checkpoint_dir = checkpoint_dir
+        self.consecutive = 0
+
+    def update(self, finite_flags: list[bool], *, last_step: int) -> None:
+        """Feed the per-step flags of the steps up to `last_step`, in order."""
+        for finite in finite_flags:
+            self.consecutive = 0 if finite else self.consecutive + 1
+            if self.consecutive >= self.limit:
+                raise FloatingPointError(
+                    f"{self.consecutive} consecutive non-finite gradients (up to step "
+                    f"{last_step}, limit optim.max_consecutive_nonfinite={self.limit}); those "
+                    f"updates were skipped and the last good state is in {self.checkpoint_dir}"
+                )
+
+
 def _check_divisible(name: str, batch: int, mesh: jax.sharding.Mesh) -> None:
     n = mesh.shape["data"]
     if batch % n or batch % jax.process_count():
@@ -356,7 +382,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         plan_cache: dict[int, list] = {}
         pending: list[dict[str, jax.Array]] = []
-        consecutive_nonfinite = 0
+        nonfinite = NonFiniteGuard(
+            config.optim.max_consecutive_nonfinite, checkpoint_dir=workdir / "checkpoints"
+        )
         bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not is_main,
                    dynamic_ncols=True)
         window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
@@ -380,15 +408,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if done % tc.log_every_steps == 0 or done == total_steps:
                 fetched = jax.device_get(pending)
                 pending.clear()
-                for m in fetched:
-                    consecutive_nonfinite = 0 if m["finite"] else consecutive_nonfinite + 1
-                    if consecutive_nonfinite >= config.optim.max_consecutive_nonfinite:
-                        ckpts.close()
-                        raise FloatingPointError(
-                            f"{consecutive_nonfinite} consecutive non-finite losses/gradients "
-                            f"(up to step {done}); the updates were skipped and the last good "
-                            f"state is in {workdir / 'checkpoints'}"
-                        )
+                try:
+                    nonfinite.update([bool(m["finite"]) for m in fetched], last_step=done)
+                except FloatingPointError:
+                    ckpts.close()
+                    raise
                 elapsed = time.perf_counter() - window_start
                 window_examples += sum(int(m["examples"]) for m in fetched)
                 window_tokens += sum(int(m["real_tokens"]) for m in fetched)

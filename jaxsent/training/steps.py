@@ -128,7 +128,8 @@ def build_steps(
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
-            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+            # apply_if_finite skipped the update iff some gradient is not finite.
+            "finite": jnp.isfinite(grad_norm),
             "examples": jnp.sum(batch["where"]),
             "real_tokens": jnp.sum(jnp.where(batch["where"], batch["lengths"], 0)),
         }
