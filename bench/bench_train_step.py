@@ -107,15 +107,20 @@ def random_batch(vocab_size: int, batch: int, length: int, seed: int) -> dict[st
     }
 
 
-def jax_step(model_dir: str, batch: dict[str, np.ndarray], pooling: str):
+def build_jax_steps(model_dir: str, pooling: str):
+    """(StepFunctions, initial state) for the benchmark's model, loss and optimiser."""
     model = SentimentClassifier.from_pretrained(
         model_dir, pooling=pooling, rngs=nnx.Rngs(params=0, dropout=1)
     )
     tx, _ = make_optimizer(OPTIM, total_steps=1000)
     optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
-    steps, state = build_steps(
+    return build_steps(
         model, optimizer, loss_fn=losses.get_loss("focal", **FOCAL), dropout_key=jax.random.key(0)
     )
+
+
+def jax_step(model_dir: str, batch: dict[str, np.ndarray], pooling: str):
+    steps, state = build_jax_steps(model_dir, pooling)
     device_batch = {key: jnp.asarray(value) for key, value in batch.items()}
     holder = {"state": state, "loss": None}
 
