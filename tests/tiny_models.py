@@ -26,11 +26,13 @@ def tiny_config(**overrides) -> BertConfig:
     return BertConfig(**(fields | overrides))
 
 
-def tiny_classifier(*, seed: int = 0, pooling: str = "mean", **overrides) -> SentimentClassifier:
+def tiny_classifier(
+    *, seed: int = 0, pooling: str = "mean", dropout_rate: float = 0.1, **overrides
+) -> SentimentClassifier:
     return SentimentClassifier(
         tiny_config(**overrides),
         pooling=pooling,
-        dropout_rate=0.1,
+        dropout_rate=dropout_rate,
         rngs=nnx.Rngs(params=seed, dropout=seed + 1),
     )
 
