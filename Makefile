@@ -1,6 +1,7 @@
 # One command to set up and run the main job, one to set up and run the tests.
 #   make train   fine-tune MiniLM on IMDB with the focal loss and print the test metrics
-#   make test    the full test suite (what CI runs)
+#   make test    lint + format check, then the full test suite (what CI runs)
+#   make fmt     apply the house style (ruff lint fixes + ruff format)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-test train test
+.PHONY: setup setup-test train test lint fmt
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +33,14 @@ setup-test: $(VENV)/.setup-test
 train: setup
 	$(BIN)/python -m train --config configs/imdb_minilm.py --workdir runs/imdb_minilm
 
-test: setup-test
+# The style gate runs first: a lint or format error fails `make test` (and so CI) in seconds.
+lint: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: setup-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -47,7 +47,11 @@ def encoder_flops(plan) -> float:
     total = 0.0
     for spec in plan:
         tokens = len(spec.indices) * spec.seq_len
-        total += LAYERS * tokens * (8 * HIDDEN**2 + 4 * HIDDEN * INTERMEDIATE + 4 * HIDDEN * spec.seq_len)
+        total += (
+            LAYERS
+            * tokens
+            * (8 * HIDDEN**2 + 4 * HIDDEN * INTERMEDIATE + 4 * HIDDEN * spec.seq_len)
+        )
     return total
 
 
@@ -75,25 +79,39 @@ def main() -> None:
     train = prepare(raw["train"], tokenizer, max_length=args.max_length, split_name="train")
     warm = time.perf_counter() - start
     test = prepare(raw["test"], tokenizer, max_length=args.max_length, split_name="test")
-    print(f"tokenise IMDB train ({len(train):,} reviews, max_length {args.max_length}): "
-          f"cold {cold:.1f} s, from the datasets cache {warm:.2f} s")
+    print(
+        f"tokenise IMDB train ({len(train):,} reviews, max_length {args.max_length}): "
+        f"cold {cold:.1f} s, from the datasets cache {warm:.2f} s"
+    )
 
     arrays = to_numpy_columns(train)
     test_arrays = to_numpy_columns(test)
     lengths = arrays.lengths
-    print(f"train lengths: mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
-          f"at max_length {np.mean(lengths >= args.max_length):.1%}")
+    print(
+        f"train lengths: mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
+        f"at max_length {np.mean(lengths >= args.max_length):.1%}"
+    )
 
     kw = dict(global_batch_size=args.batch_size, seed=args.seed, epoch=0)
     configs = [("pad to max_length", (args.max_length,))]
     configs.append(("8 evenly spaced", make_bucket_boundaries(args.max_length, num_buckets=8)))
     for k in (4, 6, 8, 12):
-        configs.append((f"{k} fitted (default: 8)" if k == 8 else f"{k} fitted",
-                        make_bucket_boundaries(args.max_length, num_buckets=k, lengths=lengths)))
+        configs.append(
+            (
+                f"{k} fitted (default: 8)" if k == 8 else f"{k} fitted",
+                make_bucket_boundaries(args.max_length, num_buckets=k, lengths=lengths),
+            )
+        )
 
     base = None
-    print(f"\nIMDB train, global batch {args.batch_size}, one epoch (shuffle=True, seed {args.seed}):\n")
-    print("| boundaries | shapes | batches | real tokens | processed tokens | real share | processed vs pad | est. FLOPs vs pad |")
+    print(
+        f"\nIMDB train, global batch {args.batch_size}, one epoch (shuffle=True, seed "
+        f"{args.seed}):\n"
+    )
+    print(
+        "| boundaries | shapes | batches | real tokens | processed tokens | real share | "
+        "processed vs pad | est. FLOPs vs pad |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, bounds in configs:
         plan = batch_plan(lengths, boundaries=bounds, shuffle=True, **kw)
@@ -101,18 +119,26 @@ def main() -> None:
         flops = encoder_flops(plan)
         if base is None:
             base = (stats.processed_tokens, flops)
-        print(f"| {name}: {', '.join(map(str, stats.shapes))} | {len(stats.shapes)} | {stats.num_batches} | "
-              f"{stats.real_tokens:,} | {stats.processed_tokens:,} | {stats.real_fraction:.1%} | "
-              f"{stats.processed_tokens / base[0]:.3f} | {flops / base[1]:.3f} |")
+        print(
+            f"| {name}: {', '.join(map(str, stats.shapes))} | {len(stats.shapes)} | "
+            f"{stats.num_batches} | "
+            f"{stats.real_tokens:,} | {stats.processed_tokens:,} | {stats.real_fraction:.1%} | "
+            f"{stats.processed_tokens / base[0]:.3f} | {flops / base[1]:.3f} |"
+        )
 
     default = make_bucket_boundaries(args.max_length, lengths=lengths)
     eval_plan = batch_plan(test_arrays.lengths, boundaries=default, shuffle=False, **kw)
     eval_stats = plan_stats(eval_plan, test_arrays.lengths)
-    eval_pad = plan_stats(batch_plan(test_arrays.lengths, boundaries=(args.max_length,), shuffle=False, **kw),
-                          test_arrays.lengths)
-    print(f"\nIMDB test with the train-fitted boundaries (evaluation order): real share "
-          f"{eval_stats.real_fraction:.1%} ({len(eval_stats.shapes)} shapes, {eval_stats.num_batches} batches) "
-          f"vs {eval_pad.real_fraction:.1%} padded to max_length")
+    eval_pad = plan_stats(
+        batch_plan(test_arrays.lengths, boundaries=(args.max_length,), shuffle=False, **kw),
+        test_arrays.lengths,
+    )
+    print(
+        f"\nIMDB test with the train-fitted boundaries (evaluation order): real share "
+        f"{eval_stats.real_fraction:.1%} ({len(eval_stats.shapes)} shapes, "
+        f"{eval_stats.num_batches} batches) "
+        f"vs {eval_pad.real_fraction:.1%} padded to max_length"
+    )
 
     plan = batch_plan(lengths, boundaries=default, shuffle=True, **kw)
     start = time.perf_counter()
@@ -122,8 +148,11 @@ def main() -> None:
     start = time.perf_counter()
     batch_plan(lengths, boundaries=default, shuffle=True, **kw)
     planning = time.perf_counter() - start
-    print(f"host cost per epoch: plan {planning * 1e3:.1f} ms, make_batch for all {len(plan)} batches "
-          f"{assembly:.2f} s ({assembly / len(plan) * 1e3:.2f} ms/batch)")
+    print(
+        f"host cost per epoch: plan {planning * 1e3:.1f} ms, make_batch for all {len(plan)} "
+        "batches "
+        f"{assembly:.2f} s ({assembly / len(plan) * 1e3:.2f} ms/batch)"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ from jaxsent.training.optim import make_optimizer
 from jaxsent.training.steps import split_train_state
 
 SHAPES = {
-    "minilm-l6": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                            intermediate_size=1536),
+    "minilm-l6": BertConfig(
+        hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
+    ),
     "bert-base": BertConfig(),
 }
 OPTIM = dict(default.get_config().optim)
@@ -52,10 +53,13 @@ def bench(name: str, config: BertConfig, repeats: int, root: Path) -> dict:
     # the size and time are those of a trained state.
     leaves, treedef = jax.tree.flatten(state)
     keys = jax.random.split(jax.random.key(0), len(leaves))
-    state = jax.tree.unflatten(treedef, [
-        jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-        for k, x in zip(keys, leaves)
-    ])
+    state = jax.tree.unflatten(
+        treedef,
+        [
+            jax.random.normal(k, x.shape, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+            for k, x in zip(keys, leaves, strict=True)
+        ],
+    )
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     blocking, total, restore = [], [], []
     for r in range(repeats):
@@ -75,8 +79,14 @@ def bench(name: str, config: BertConfig, repeats: int, root: Path) -> dict:
         size = du(workdir / "checkpoints")
         ckpts.close()
         shutil.rmtree(workdir)
-    return dict(name=name, params=num_params, size=size, blocking=statistics.median(blocking),
-                total=statistics.median(total), restore=statistics.median(restore))
+    return dict(
+        name=name,
+        params=num_params,
+        size=size,
+        blocking=statistics.median(blocking),
+        total=statistics.median(total),
+        restore=statistics.median(restore),
+    )
 
 
 def main():
@@ -89,13 +99,17 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench(name, SHAPES[name], args.repeats, Path(tmp)) for name in args.shapes]
     between = args.step_seconds * args.interval
-    print(f"| shape | parameters | checkpoint size | save, blocking | save, total | restore | "
-          f"share of training time lost (blocking / if the whole save stalled training) |")
+    print(
+        "| shape | parameters | checkpoint size | save, blocking | save, total | restore | "
+        "share of training time lost (blocking / if the whole save stalled training) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['name']} | {r['params'] / 1e6:.1f} M | {r['size'] / 2**20:,.0f} MiB | "
-              f"{r['blocking']:.2f} s | {r['total']:.2f} s | {r['restore']:.2f} s | "
-              f"{100 * r['blocking'] / between:.2f}% / {100 * r['total'] / between:.2f}% |")
+        print(
+            f"| {r['name']} | {r['params'] / 1e6:.1f} M | {r['size'] / 2**20:,.0f} MiB | "
+            f"{r['blocking']:.2f} s | {r['total']:.2f} s | {r['restore']:.2f} s | "
+            f"{100 * r['blocking'] / between:.2f}% / {100 * r['total'] / between:.2f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -93,12 +93,24 @@ def main(argv=None):
     parser.add_argument(
         "--warmup", type=int, default=1, help="untimed runs first (>=1: JAX compiles)"
     )
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="JAX compute dtype (torch stays float32)")
-    parser.add_argument("--attention-impl", choices=["xla", "einsum", "cudnn"], default="xla",
-                        help="jaxsent BertModel attention_impl")
-    parser.add_argument("--torch-attention", choices=["sdpa", "eager"], default="sdpa",
-                        help="transformers attn_implementation")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="JAX compute dtype (torch stays float32)",
+    )
+    parser.add_argument(
+        "--attention-impl",
+        choices=["xla", "einsum", "cudnn"],
+        default="xla",
+        help="jaxsent BertModel attention_impl",
+    )
+    parser.add_argument(
+        "--torch-attention",
+        choices=["sdpa", "eager"],
+        default="sdpa",
+        help="transformers attn_implementation",
+    )
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
     parser.add_argument("--skip-torch", action="store_true")
     args = parser.parse_args(argv)

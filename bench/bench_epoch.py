@@ -33,7 +33,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train_step import build_jax_steps, cpu_seconds  # noqa: E402
@@ -59,10 +58,15 @@ def main(argv=None):
     parser.add_argument("--num-buckets", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pooling", choices=["mean", "cls"], default="mean")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed steps per shape (median), in rounds over all shapes")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="untimed steps per shape after compiling")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed steps per shape (median), in rounds over all shapes",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps per shape after compiling"
+    )
     args = parser.parse_args(argv)
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first step of a shape compiles)")
@@ -70,21 +74,34 @@ def main(argv=None):
     model_dir = bert_params.resolve(args.model)
     tokenizer = load_tokenizer(model_dir)
     start = time.perf_counter()
-    train = prepare(load_raw("imdb", split="train"), tokenizer, max_length=args.max_length,
-                    split_name="train")
+    train = prepare(
+        load_raw("imdb", split="train"), tokenizer, max_length=args.max_length, split_name="train"
+    )
     arrays = to_numpy_columns(train)
     tokenize_s = time.perf_counter() - start
     lengths = arrays.lengths
     bounds = make_bucket_boundaries(args.max_length, num_buckets=args.num_buckets, lengths=lengths)
     plans = {
-        "bucketed": batch_plan(lengths, global_batch_size=args.batch_size, boundaries=bounds,
-                               shuffle=True, seed=args.seed, epoch=0),
-        "pad to max_length": batch_plan(lengths, global_batch_size=args.batch_size,
-                                        boundaries=(args.max_length,), shuffle=True,
-                                        seed=args.seed, epoch=0),
+        "bucketed": batch_plan(
+            lengths,
+            global_batch_size=args.batch_size,
+            boundaries=bounds,
+            shuffle=True,
+            seed=args.seed,
+            epoch=0,
+        ),
+        "pad to max_length": batch_plan(
+            lengths,
+            global_batch_size=args.batch_size,
+            boundaries=(args.max_length,),
+            shuffle=True,
+            seed=args.seed,
+            epoch=0,
+        ),
     }
-    counts = {name: collections.Counter(spec.seq_len for spec in plan)
-              for name, plan in plans.items()}
+    counts = {
+        name: collections.Counter(spec.seq_len for spec in plan) for name, plan in plans.items()
+    }
     shapes = sorted(set().union(*counts.values()))
     example_spec = {}
     for spec in plans["bucketed"] + plans["pad to max_length"]:  # a full batch where possible
@@ -137,22 +154,31 @@ def main(argv=None):
     print("| padded length | s/step (median) | CPU s/step | batches, bucketed | batches, padded |")
     print("|---:|---:|---:|---:|---:|")
     for seq_len in shapes:
-        print(f"| {seq_len} | {step_s[seq_len]:.2f} | {statistics.median(cpu[seq_len]):.2f} | "
-              f"{counts['bucketed'][seq_len]} | {counts['pad to max_length'][seq_len]} |")
+        print(
+            f"| {seq_len} | {step_s[seq_len]:.2f} | {statistics.median(cpu[seq_len]):.2f} | "
+            f"{counts['bucketed'][seq_len]} | {counts['pad to max_length'][seq_len]} |"
+        )
     print()
-    print("| plan | shapes | batches | real tokens | real share | est. epoch (h) | est. real tokens/s |")
+    print(
+        "| plan | shapes | batches | real tokens | real share | est. epoch (h) | est. real "
+        "tokens/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     totals = {}
     for name, plan in plans.items():
         stats = plan_stats(plan, lengths)
         total = totals[name] = sum(n * step_s[seq_len] for seq_len, n in counts[name].items())
-        print(f"| {name} | {len(stats.shapes)} | {stats.num_batches} | {stats.real_tokens:,} | "
-              f"{stats.real_fraction:.1%} | {total / 3600:.2f} | {stats.real_tokens / total:,.0f} |")
+        print(
+            f"| {name} | {len(stats.shapes)} | {stats.num_batches} | {stats.real_tokens:,} | "
+            f"{stats.real_fraction:.1%} | {total / 3600:.2f} | {stats.real_tokens / total:,.0f} |"
+        )
     print()
-    print(f"estimated epoch time, padded / bucketed: "
-          f"{totals['pad to max_length'] / totals['bucketed']:.2f}x "
-          f"(bucket boundaries {tuple(int(b) for b in bounds)}; compile per shape "
-          f"{min(compile_s.values()):.0f}-{max(compile_s.values()):.0f} s, not included)")
+    print(
+        f"estimated epoch time, padded / bucketed: "
+        f"{totals['pad to max_length'] / totals['bucketed']:.2f}x "
+        f"(bucket boundaries {tuple(int(b) for b in bounds)}; compile per shape "
+        f"{min(compile_s.values()):.0f}-{max(compile_s.values()):.0f} s, not included)"
+    )
 
 
 if __name__ == "__main__":

@@ -189,11 +189,19 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=256, help="padded sequence length")
     parser.add_argument("--data", choices=["imdb", "random"], default="imdb")
     parser.add_argument("--seed", type=int, default=0, help="which reviews / random ids")
-    parser.add_argument("--pooling", choices=["mean", "cls"], default="mean",
-                        help="our head's pooling (HF's is cls)")
+    parser.add_argument(
+        "--pooling",
+        choices=["mean", "cls"],
+        default="mean",
+        help="our head's pooling (HF's is cls)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps per framework first (>= 1: JAX compiles)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps per framework first (>= 1: JAX compiles)",
+    )
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
     parser.add_argument("--skip-torch", action="store_true")
     args = parser.parse_args(argv)
@@ -236,7 +244,11 @@ def main(argv=None):
         f"{args.model}, batch {args.batch} x length {args.length} ({args.data} ids, "
         f"{real_tokens:,} real of {processed:,} tokens = {real_tokens / processed:.1%}), "
         f"train mode, focal loss, AdamW; jax {jax.__version__} ({jax.default_backend()}), "
-        + (f"torch {torch_version} ({args.torch_threads} threads); " if "torch" in contenders else "")
+        + (
+            f"torch {torch_version} ({args.torch_threads} threads); "
+            if "torch" in contenders
+            else ""
+        )
         + f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_before)} before, "
         f"{'/'.join(f'{x:.1f}' for x in load_after)} after the timed rounds; "
@@ -244,8 +256,10 @@ def main(argv=None):
         f"({warmup_s:.0f} s incl. JAX compile)"
     )
     print()
-    print("| framework | s/step (median) | min | real tokens/s | processed tokens/s "
-          "| CPU s/step | loss (last) |")
+    print(
+        "| framework | s/step (median) | min | real tokens/s | processed tokens/s "
+        "| CPU s/step | loss (last) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     medians = {}
     for name, (_, holder) in contenders.items():
@@ -258,11 +272,17 @@ def main(argv=None):
         ratio = medians["torch"] / medians["jax"]
         cpu_ratio = statistics.median(cpu["torch"]) / statistics.median(cpu["jax"])
         print()
-        print(f"torch/jax step-time ratio: {ratio:.2f} (wall), {cpu_ratio:.2f} (CPU seconds); "
-              "> 1 means JAX is faster")
+        print(
+            f"torch/jax step-time ratio: {ratio:.2f} (wall), {cpu_ratio:.2f} (CPU seconds); "
+            "> 1 means JAX is faster"
+        )
     print()
-    print("per-round wall seconds: " + "; ".join(
-        f"{name} " + ", ".join(f"{t:.2f}" for t in times) for name, times in wall.items()))
+    print(
+        "per-round wall seconds: "
+        + "; ".join(
+            f"{name} " + ", ".join(f"{t:.2f}" for t in times) for name, times in wall.items()
+        )
+    )
 
 
 if __name__ == "__main__":

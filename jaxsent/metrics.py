@@ -125,9 +125,7 @@ def _count(mask: jax.Array) -> jax.Array:
 def _ratio(numerator: jax.Array, denominator: jax.Array, dtype) -> jax.Array:
     """numerator / denominator in ``dtype``, 0 where the denominator is 0."""
     safe = jnp.where(denominator > 0, denominator, 1)
-    return jnp.where(denominator > 0, numerator.astype(dtype) / safe.astype(dtype), 0).astype(
-        dtype
-    )
+    return jnp.where(denominator > 0, numerator.astype(dtype) / safe.astype(dtype), 0).astype(dtype)
 
 
 def _masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
@@ -360,9 +358,7 @@ def _bin_sums(confidence, outcome, valid, num_bins):
     return count, conf_sum, outcome_sum, edges
 
 
-def reliability_bins(
-    confidence, outcome, *, where=None, num_bins: int = 15
-) -> ReliabilityBins:
+def reliability_bins(confidence, outcome, *, where=None, num_bins: int = 15) -> ReliabilityBins:
     """Bins (confidence, outcome) pairs into equal-width bins over [0, 1].
 
     Bin ``b`` (0-based) holds confidences in ``(b / num_bins, (b + 1) / num_bins]``,

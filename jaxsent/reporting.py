@@ -156,8 +156,14 @@ def plot_reliability_diagram(
     # Hatched without fill so that the gap stays readable over the accuracy bar when
     # the bin is under-confident (confidence below accuracy).
     top.bar(
-        centers[filled], conf[filled] - acc[filled], bottom=acc[filled], width=width,
-        fill=False, hatch="//", edgecolor="red", label="gap to mean confidence",
+        centers[filled],
+        conf[filled] - acc[filled],
+        bottom=acc[filled],
+        width=width,
+        fill=False,
+        hatch="//",
+        edgecolor="red",
+        label="gap to mean confidence",
     )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_ylim(0, 1)

@@ -158,7 +158,7 @@ def logical_to_spec(
         raise ValueError(f"logical axes {tuple(logical)} do not match shape {tuple(shape)}")
     used: set[str] = set()
     spec: list[str | None] = []
-    for name, size in zip(logical, shape):
+    for name, size in zip(logical, shape, strict=True):
         if name is None:
             spec.append(None)
             continue

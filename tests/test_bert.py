@@ -8,7 +8,6 @@ precision on both sides, so the remaining differences are float32 summation-orde
 import json
 import logging
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -331,7 +330,7 @@ def test_export_round_trip_through_transformers(tiny, tmp_path):
     keys = jax.random.split(jax.random.key(3), len(leaves))
     shifted = jax.tree.unflatten(
         jax.tree.structure(state),
-        [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)],
+        [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)],
     )
     model = nnx.merge(nnx.graphdef(ours), shifted)
     bert_params.save_encoder(model, tmp_path)

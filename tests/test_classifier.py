@@ -76,6 +76,7 @@ def test_pooling_features_are_the_documented_ones():
     ids, mask = _batch()
     cls_model, mean_model, both = _model("cls"), _model("mean"), _model("cls_mean")
     out = cls_model.encoder(ids, mask)
+
     # same seed => same encoder; the head is Linear over the pooled features.
     def head(model, features):
         return features @ model.head.kernel.get_value()[:, 0] + model.head.bias.get_value()[0]
@@ -122,7 +123,9 @@ def test_one_optax_step_changes_every_parameter():
     after = nnx.state(model, nnx.Param)
     unchanged = [
         "/".join(map(str, path))
-        for (path, old), (_, new) in zip(nnx.to_flat_state(before), nnx.to_flat_state(after))
+        for (path, old), (_, new) in zip(
+            nnx.to_flat_state(before), nnx.to_flat_state(after), strict=True
+        )
         if np.array_equal(old.get_value(), np.asarray(new.get_value()))
     ]
     assert not unchanged, f"parameters not updated: {unchanged}"

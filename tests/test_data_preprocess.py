@@ -47,10 +47,27 @@ def test_clean_text(raw, clean):
 @pytest.mark.parametrize(
     "value, expected",
     [
-        (0, 0), (1, 1), (np.int64(1), 1), (True, 1), (False, 0), (0.0, 0), (1.0, 1),
-        ("neg", 0), ("NEGATIVE", 0), (" pos ", 1), ("positive", 1), ("0", 0), ("1", 1),
-        (2, None), (-1, None), (0.5, None), (math.nan, None), (None, None), ("maybe", None),
-        ("", None), ([1], None),
+        (0, 0),
+        (1, 1),
+        (np.int64(1), 1),
+        (True, 1),
+        (False, 0),
+        (0.0, 0),
+        (1.0, 1),
+        ("neg", 0),
+        ("NEGATIVE", 0),
+        (" pos ", 1),
+        ("positive", 1),
+        ("0", 0),
+        ("1", 1),
+        (2, None),
+        (-1, None),
+        (0.5, None),
+        (math.nan, None),
+        (None, None),
+        ("maybe", None),
+        ("", None),
+        ([1], None),
     ],
 )
 def test_normalize_label(value, expected):
@@ -74,7 +91,9 @@ def test_prepare_matches_the_tokenizer_directly(tokenizer):
 
 
 def test_prepare_without_cleaning_keeps_markup(tokenizer):
-    out = prepare(_ds(["a<br />b"], [1]), tokenizer, max_length=16, split_name="x", clean_markup=False)
+    out = prepare(
+        _ds(["a<br />b"], [1]), tokenizer, max_length=16, split_name="x", clean_markup=False
+    )
     assert out["input_ids"][0] == tokenizer("a<br />b")["input_ids"]
 
 
@@ -90,14 +109,54 @@ def _write(path: pathlib.Path, frame: pd.DataFrame):
 # Each malformed case, written to a real file and loaded like user data, must fail in prepare
 # with a message that names the split, the row and the offending value.
 BAD_CASES = [
-    pytest.param(".parquet", {"text": ["ok", "", "fine"], "label": [0, 1, 1]}, r"row 1: text='' \(empty text\)", id="empty-text"),
-    pytest.param(".jsonl", {"text": ["ok", "fine", "   "], "label": [0, 1, 1]}, r"row 2: text='   ' \(empty text\)", id="blank-text"),
-    pytest.param(".csv", {"text": ["ok", "<br /><br />"], "label": [0, 1]}, r"row 1: text='<br /><br />' \(empty text\)", id="markup-only"),
-    pytest.param(".jsonl", {"text": ["ok", None], "label": [0, 1]}, r"row 1: text=None \(missing text\)", id="null-text"),
-    pytest.param(".parquet", {"text": ["a", "b", "c"], "label": [0, 2, 1]}, r"row 1: label=2 \(label must be 0/1", id="label-2"),
-    pytest.param(".csv", {"text": ["a", "b"], "label": [-1, 1]}, r"row 0: label=-1 \(label must be 0/1", id="label-minus-1"),
-    pytest.param(".jsonl", {"text": ["a", "b"], "label": ["pos", "meh"]}, r"row 1: label='meh' \(label must be 0/1 or one of", id="unknown-name"),
-    pytest.param(".csv", {"text": ["a", "b"], "label": [1.0, None]}, r"row 1: label=None \(label must be", id="missing-label"),
+    pytest.param(
+        ".parquet",
+        {"text": ["ok", "", "fine"], "label": [0, 1, 1]},
+        r"row 1: text='' \(empty text\)",
+        id="empty-text",
+    ),
+    pytest.param(
+        ".jsonl",
+        {"text": ["ok", "fine", "   "], "label": [0, 1, 1]},
+        r"row 2: text='   ' \(empty text\)",
+        id="blank-text",
+    ),
+    pytest.param(
+        ".csv",
+        {"text": ["ok", "<br /><br />"], "label": [0, 1]},
+        r"row 1: text='<br /><br />' \(empty text\)",
+        id="markup-only",
+    ),
+    pytest.param(
+        ".jsonl",
+        {"text": ["ok", None], "label": [0, 1]},
+        r"row 1: text=None \(missing text\)",
+        id="null-text",
+    ),
+    pytest.param(
+        ".parquet",
+        {"text": ["a", "b", "c"], "label": [0, 2, 1]},
+        r"row 1: label=2 \(label must be 0/1",
+        id="label-2",
+    ),
+    pytest.param(
+        ".csv",
+        {"text": ["a", "b"], "label": [-1, 1]},
+        r"row 0: label=-1 \(label must be 0/1",
+        id="label-minus-1",
+    ),
+    pytest.param(
+        ".jsonl",
+        {"text": ["a", "b"], "label": ["pos", "meh"]},
+        r"row 1: label='meh' \(label must be 0/1 or one of",
+        id="unknown-name",
+    ),
+    pytest.param(
+        ".csv",
+        {"text": ["a", "b"], "label": [1.0, None]},
+        r"row 1: label=None \(label must be",
+        id="missing-label",
+    ),
 ]
 
 
@@ -106,7 +165,9 @@ def test_bad_rows_raise_naming_split_row_and_value(tokenizer, tmp_path, suffix, 
     path = tmp_path / f"train{suffix}"
     _write(path, pd.DataFrame(columns))
     ds = load_raw(str(path), split="train")
-    with pytest.raises(ValueError, match=r"split 'train': 1 malformed row\(s\) of \d+: " + message) as err:
+    with pytest.raises(
+        ValueError, match=r"split 'train': 1 malformed row\(s\) of \d+: " + message
+    ) as err:
         prepare(ds, tokenizer, max_length=16, split_name="train")
     assert "on_bad_rows='filter'" in str(err.value)
 
@@ -121,7 +182,9 @@ def test_missing_column_raises(tokenizer, missing):
 def test_filter_mode_drops_and_reports_every_bad_row(tokenizer, caplog):
     ds = _ds(["good", "", "fine", "x", None, "also good"], ["1", "0", "7", "pos", "1", "neg"])
     with caplog.at_level(logging.WARNING, logger="jaxsent.data.preprocess"):
-        out, report = prepare_with_report(ds, tokenizer, max_length=16, split_name="train", on_bad_rows="filter")
+        out, report = prepare_with_report(
+            ds, tokenizer, max_length=16, split_name="train", on_bad_rows="filter"
+        )
     assert report.num_input_rows == 6
     assert report.num_filtered == 3
     assert [(b.row, b.column) for b in report.bad_rows] == [(1, "text"), (2, "label"), (4, "text")]
@@ -147,10 +210,15 @@ def test_prepare_rejects_bad_arguments(tokenizer):
 
 
 def test_prepare_is_cached_and_keyed_on_max_length(tokenizer, tmp_path):
-    _write(tmp_path / "train.parquet", pd.DataFrame({"text": ["one", "two words", "three more words"], "label": [0, 1, 0]}))
+    _write(
+        tmp_path / "train.parquet",
+        pd.DataFrame({"text": ["one", "two words", "three more words"], "label": [0, 1, 0]}),
+    )
     raw = load_raw(str(tmp_path), split="train")
     first = prepare(raw, tokenizer, max_length=16, split_name="train")
-    again = prepare(load_raw(str(tmp_path), split="train"), tokenizer, max_length=16, split_name="train")
+    again = prepare(
+        load_raw(str(tmp_path), split="train"), tokenizer, max_length=16, split_name="train"
+    )
     other = prepare(raw, tokenizer, max_length=8, split_name="train")
     assert first.cache_files and first.cache_files == again.cache_files
     assert first._fingerprint == again._fingerprint != other._fingerprint

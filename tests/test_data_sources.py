@@ -23,7 +23,7 @@ def _label_counts(ds):
     return np.bincount(np.asarray(ds["label"]), minlength=2).tolist()
 
 
-# Row and class counts from /work/shared/data/README.md.
+# Row and class counts from the data folder's README ($JAXSENT_DATA_DIR, ../shared/data by default).
 @needs_shared_data
 @pytest.mark.parametrize(
     "name, expected",
@@ -60,7 +60,9 @@ def test_data_dir_without_the_data_set_fails(tmp_path):
 
 @needs_shared_data
 def test_unknown_split_names_available_ones():
-    with pytest.raises(ValueError, match=r"split='dev' not found; available splits: \['test', 'train'\]"):
+    with pytest.raises(
+        ValueError, match=r"split='dev' not found; available splits: \['test', 'train'\]"
+    ):
         load_raw("imdb", split="dev", data_dir=str(SHARED_DATA))
 
 
@@ -137,7 +139,10 @@ def test_local_file_with_custom_columns_and_label_names(tmp_path, suffix):
 
 
 def test_local_directory_one_split_per_stem_with_hub_shards(tmp_path):
-    _write(tmp_path / "train-00000-of-00002.parquet", pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}))
+    _write(
+        tmp_path / "train-00000-of-00002.parquet",
+        pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}),
+    )
     _write(tmp_path / "train-00001-of-00002.parquet", pd.DataFrame({"text": ["c"], "label": [1]}))
     _write(tmp_path / "test.parquet", pd.DataFrame({"text": ["d"], "label": [0]}))
     out = load_raw(str(tmp_path))
@@ -161,7 +166,9 @@ def test_unsupported_file_type_fails(tmp_path):
 
 def test_missing_column_names_split_and_columns(tmp_path):
     _write(tmp_path / "train.csv", pd.DataFrame({"body": ["a"], "label": [0]}))
-    with pytest.raises(ValueError, match=r"split 'train': no text column found .* columns are \['body', 'label'\]"):
+    with pytest.raises(
+        ValueError, match=r"split 'train': no text column found .* columns are \['body', 'label'\]"
+    ):
         load_raw(str(tmp_path / "train.csv"))
     with pytest.raises(ValueError, match=r"split 'train': label column 'stars' is missing"):
         load_raw(str(tmp_path / "train.csv"), text_column="body", label_column="stars")

@@ -40,7 +40,7 @@ def guo_ece_reference(confidence, outcome, num_bins):
     outcome = np.asarray(outcome, np.float64)
     edges = np.linspace(0.0, 1.0, num_bins + 1).astype(np.float32).astype(np.float64)
     ece = 0.0
-    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
         in_bin = (confidence > lo) & (confidence <= hi)
         if b == 0:
             in_bin |= confidence == 0
@@ -241,9 +241,7 @@ def test_low_precision_logits_compute_in_float32():
 @given(problems(), st.sampled_from([1, 2, 10, 15]))
 def test_positive_class_ece_matches_guo_loop(problem, num_bins):
     logits, labels = problem
-    got = M.expected_calibration_error(
-        logits, labels, num_bins=num_bins, positive_class=True
-    )
+    got = M.expected_calibration_error(logits, labels, num_bins=num_bins, positive_class=True)
     confidence, outcome = M.calibration_inputs(logits, labels, positive_class=True)
     np.testing.assert_array_equal(outcome, labels)
     want = guo_ece_reference(confidence, labels, num_bins)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny_models import save_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +38,13 @@ def _free_port() -> int:
 
 def _command(model_dir, workdir, *extra):
     return [
-        sys.executable, "-m", "train",
-        "--config", "configs/smoke.py",
-        "--workdir", str(workdir),
+        sys.executable,
+        "-m",
+        "train",
+        "--config",
+        "configs/smoke.py",
+        "--workdir",
+        str(workdir),
         f"--config.model.name={model_dir}",
         "--config.data.train_size=96",
         "--config.data.validation_size=32",
@@ -154,10 +157,14 @@ def runs(tmp_path_factory):
     def pair(prefix: str, runs: Runs) -> None:
         port = _free_port()
         for i in range(2):
-            flags = (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                     f"--process_id={i}")
-            runs.start(f"{prefix}{i}", _command(model_dir, multi, *flags),
-                       _env(2, tmp / "cache_multi"))
+            flags = (
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            )
+            runs.start(
+                f"{prefix}{i}", _command(model_dir, multi, *flags), _env(2, tmp / "cache_multi")
+            )
 
     runs = Runs(tmp, time.monotonic() + TIMEOUT_S)
     try:
@@ -182,9 +189,7 @@ def test_a_signal_to_one_process_stops_both_after_the_same_step(runs):
     _, multi, outputs = runs
     assert "stopped by signal 15 after step" in outputs["process1"]
     assert "stopped by a signal to another process after step" in outputs["process0"]
-    steps = {
-        int(re.search(r"after step (\d+)", outputs[f"process{i}"]).group(1)) for i in range(2)
-    }
+    steps = {int(re.search(r"after step (\d+)", outputs[f"process{i}"]).group(1)) for i in range(2)}
     assert len(steps) == 1, steps
     assert "resumed from step" in outputs["resumed0"]
 
@@ -211,8 +216,9 @@ def test_two_processes_evaluate_like_one(runs):
         assert abs(ours[key] - theirs[key]) <= 1e-5, key
     from jaxsent.reporting import read_predictions
 
-    ours, theirs = read_predictions(multi / "predictions.parquet"), read_predictions(
-        single / "predictions.parquet"
+    ours, theirs = (
+        read_predictions(multi / "predictions.parquet"),
+        read_predictions(single / "predictions.parquet"),
     )
     np.testing.assert_array_equal(ours["example_id"], theirs["example_id"])
     np.testing.assert_allclose(ours["logit"], theirs["logit"], rtol=0, atol=1e-5)

@@ -5,13 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from configs import default
 
+from configs import default
 from jaxsent.training.optim import learning_rate_schedule, make_optimizer, weight_decay_mask
 
 # The shipped defaults, with a warmup long enough to see and strong decay to measure.
 CONFIG = dict(default.get_config().optim) | dict(
-    learning_rate=1e-3, warmup_steps=-1, warmup_fraction=0.1, weight_decay=0.1,
+    learning_rate=1e-3,
+    warmup_steps=-1,
+    warmup_fraction=0.1,
+    weight_decay=0.1,
     max_consecutive_nonfinite=3,
 )
 
@@ -43,10 +46,18 @@ def test_schedule_rejects_bad_arguments(kwargs, match):
 
 
 def test_decay_mask_excludes_biases_and_norm_scales():
-    params = {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4), "scale": jnp.ones(4),
-              "embedding": jnp.ones((10, 4))}
-    assert weight_decay_mask(params) == {"kernel": True, "bias": False, "scale": False,
-                                         "embedding": True}
+    params = {
+        "kernel": jnp.ones((3, 4)),
+        "bias": jnp.ones(4),
+        "scale": jnp.ones(4),
+        "embedding": jnp.ones((10, 4)),
+    }
+    assert weight_decay_mask(params) == {
+        "kernel": True,
+        "bias": False,
+        "scale": False,
+        "embedding": True,
+    }
 
 
 def _one_update(grads, params):

@@ -31,7 +31,10 @@ def test_predictions_round_trip(tmp_path, eval_batch, string_ids):
         ids = np.array([f"test-{i}" for i in ids])
     path = reporting.save_predictions(
         tmp_path / "sub" / "predictions.parquet",
-        example_ids=ids, logits=logits, labels=labels, where=where,
+        example_ids=ids,
+        logits=logits,
+        labels=labels,
+        where=where,
     )
     got = reporting.read_predictions(path)
     assert pq.read_table(path).column_names == list(reporting.PREDICTION_COLUMNS)
@@ -61,8 +64,13 @@ def test_save_predictions_rejects_bad_input(tmp_path, kwargs, message):
 def test_reliability_diagram_writes_png(tmp_path, eval_batch, positive_class):
     _, logits, labels, where = eval_batch
     path = reporting.plot_reliability_diagram(
-        logits, labels, tmp_path / "plots" / "reliability.png",
-        num_bins=15, title="test split", where=where, positive_class=positive_class,
+        logits,
+        labels,
+        tmp_path / "plots" / "reliability.png",
+        num_bins=15,
+        title="test split",
+        where=where,
+        positive_class=positive_class,
     )
     with open(path, "rb") as f:
         assert f.read(8) == PNG_MAGIC

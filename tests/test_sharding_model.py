@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import AxisType, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from jaxsent import sharding
 from jaxsent.models import BertConfig, SentimentClassifier
@@ -143,7 +144,7 @@ def test_sharded_train_step_equals_single_device(strategy, single_device):
         loss = float(_train_step(model, optimizer, ids, mask, labels))
     assert abs(loss - ref_loss) < 1e-5
     for (path, ref), (_, new) in zip(
-        nnx.to_flat_state(ref_params), nnx.to_flat_state(nnx.state(model, nnx.Param))
+        nnx.to_flat_state(ref_params), nnx.to_flat_state(nnx.state(model, nnx.Param)), strict=True
     ):
         # Adam's first step moves each weight by ~lr * sign(grad); 1e-5 is 1% of that step.
         np.testing.assert_allclose(

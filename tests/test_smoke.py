@@ -22,7 +22,11 @@ def test_smoke_config_reaches_80_percent_on_sst2_validation(tmp_path):
     env.pop("XLA_FLAGS", None)  # one CPU device, as a user's laptop run
     result = subprocess.run(
         [sys.executable, "-m", "train", "--config", "configs/smoke.py", "--workdir", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     results = json.loads((tmp_path / "eval_results.json").read_text())

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny_models import save_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +25,13 @@ def model_dir(tmp_path_factory):
 
 def _command(model_dir, workdir, *overrides):
     return [
-        sys.executable, "-m", "train",
-        "--config", "configs/smoke.py",
-        "--workdir", str(workdir),
+        sys.executable,
+        "-m",
+        "train",
+        "--config",
+        "configs/smoke.py",
+        "--workdir",
+        str(workdir),
         f"--config.model.name={model_dir}",
         "--config.data.train_size=192",
         "--config.data.validation_size=64",
@@ -80,9 +83,7 @@ def _checkpoint_arrays(workdir, step):
     import orbax.checkpoint as ocp
 
     with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     import jax
 
     return jax.tree.map(np.asarray, restored["state"])
@@ -98,13 +99,27 @@ def reference_run(model_dir, tmp_path_factory):
 
 def test_run_writes_the_documented_workdir(reference_run):
     workdir, result = reference_run
-    for name in ("config.json", "metrics.jsonl", "eval_results.json", "predictions.parquet",
-                 "reliability.png"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "eval_results.json",
+        "predictions.parquet",
+        "reliability.png",
+    ):
         assert (workdir / name).is_file(), name
     assert any((workdir / "tensorboard").iterdir())
     results = json.loads((workdir / "eval_results.json").read_text())
-    for key in ("accuracy", "precision", "recall", "f1", "auroc", "nll", "brier", "ece",
-                "n_examples"):
+    for key in (
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "auroc",
+        "nll",
+        "brier",
+        "ece",
+        "n_examples",
+    ):
         assert key in results
     assert results["n_examples"] == 96  # every example of the (sampled) eval split
     assert sorted(_train_rows(workdir)) == list(range(1, NUM_STEPS + 1))
@@ -116,8 +131,14 @@ def test_run_writes_the_documented_workdir(reference_run):
 def test_sigkill_then_resume_is_bit_identical(reference_run, model_dir, tmp_path):
     reference, _ = reference_run
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(_command(model_dir, workdir), cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _command(model_dir, workdir),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         _wait_for_step(workdir, 5, proc)
     finally:
@@ -131,14 +152,21 @@ def test_sigkill_then_resume_is_bit_identical(reference_run, model_dir, tmp_path
     import jax
 
     jax.tree.map(np.testing.assert_array_equal, ours, theirs)
-    assert (json.loads((workdir / "eval_results.json").read_text())
-            == json.loads((reference / "eval_results.json").read_text()))
+    assert json.loads((workdir / "eval_results.json").read_text()) == json.loads(
+        (reference / "eval_results.json").read_text()
+    )
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_resumable(model_dir, tmp_path):
     workdir = tmp_path / "term"
-    proc = subprocess.Popen(_command(model_dir, workdir), cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _command(model_dir, workdir),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for_step(workdir, 1, proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=300)

@@ -4,20 +4,19 @@ give the same result on one device and data-parallel over eight."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
+from tiny_models import tiny_classifier
 
 from configs import default
-
 from jaxsent import losses, sharding
 from jaxsent.training.optim import make_optimizer
 from jaxsent.training.steps import build_steps, merge_model, trainable_filter
-from tiny_models import tiny_classifier
 
 OPTIM = dict(default.get_config().optim) | dict(
     learning_rate=1e-3, schedule="constant", warmup_steps=0, max_consecutive_nonfinite=3
 )
+
 
 def _batch(batch=16, length=12, seed=0):
     rng = np.random.default_rng(seed)
@@ -49,7 +48,9 @@ def _setup(mesh, *, loss_fn=None, seed=0, rules="dp", dropout_rate=0.1, **model_
 
 
 def _place(batch, mesh):
-    return jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    return jax.device_put(
+        batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    )
 
 
 def _params(steps, state):
@@ -79,7 +80,9 @@ def test_step_changes_every_parameter_and_loss_decreases(one_device_mesh):
     unchanged = [
         jax.tree_util.keystr(path)
         for (path, a), b in zip(
-            jax.tree_util.tree_leaves_with_path(before), jax.tree_util.tree_leaves(after)
+            jax.tree_util.tree_leaves_with_path(before),
+            jax.tree_util.tree_leaves(after),
+            strict=True,
         )
         if np.array_equal(a, np.asarray(b)) != ("pooler" in jax.tree_util.keystr(path))
     ]
@@ -119,7 +122,9 @@ def test_sharded_step_equals_single_device_step(one_device_mesh, data, model, ru
         results.append((losses_seen, jax.tree.map(np.asarray, _params(steps, state))))
     (loss1, params1), (loss8, params8) = results
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5), params1, params8)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5), params1, params8
+    )
 
 
 def test_fsdp_spreads_parameters_and_optimizer_moments_over_devices():

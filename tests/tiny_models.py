@@ -11,7 +11,12 @@ from flax import nnx
 
 from jaxsent.models import BertConfig, SentimentClassifier, save_pretrained
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
 
 def tiny_config(**overrides) -> BertConfig:

@@ -28,8 +28,10 @@ flags.DEFINE_string(
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() with the platform's auto-detection "
-    "(TPU pods, SLURM, Open MPI) when no address is given."
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() with the platform's auto-detection "
+    "(TPU pods, SLURM, Open MPI) when no address is given.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -75,8 +77,10 @@ def main(argv):
         sys.exit(TrainingInterrupted.exit_code)
     if jax.process_index() == 0:
         print()
-        print(f"== {results['split']} metrics ({results['n_examples']:,} examples, "
-              f"best checkpoint: step {results['best_step']}) ==")
+        print(
+            f"== {results['split']} metrics ({results['n_examples']:,} examples, "
+            f"best checkpoint: step {results['best_step']}) =="
+        )
         for key in RESULT_KEYS:
             print(f"{key:>10}: {results[key]:.4f}")
         for note in results["notes"]:

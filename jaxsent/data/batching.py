@@ -77,7 +77,9 @@ def to_numpy_columns(ds: datasets.Dataset) -> TokenArrays:
     """
     missing = [c for c in ("input_ids", "label", "example_id") if c not in ds.column_names]
     if missing:
-        raise ValueError(f"ds lacks column(s) {missing} (run prepare first); columns are {ds.column_names}")
+        raise ValueError(
+            f"ds lacks column(s) {missing} (run prepare first); columns are {ds.column_names}"
+        )
     table = ds.select_columns(["input_ids", "label", "example_id"]).with_format("arrow")[:]
     ids = table["input_ids"].combine_chunks()
     lengths = np.asarray(ids.value_lengths().to_numpy(zero_copy_only=False), dtype=np.int32)
@@ -129,7 +131,11 @@ def make_bucket_boundaries(
       Strictly increasing boundaries, the last equal to ``max_length``: at most ``num_buckets``,
       or ``num_buckets + 1`` when ``max_length`` was appended.
     """
-    for name, value in (("max_length", max_length), ("num_buckets", num_buckets), ("multiple", multiple)):
+    for name, value in (
+        ("max_length", max_length),
+        ("num_buckets", num_buckets),
+        ("multiple", multiple),
+    ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if lengths is None:
@@ -137,10 +143,14 @@ def make_bucket_boundaries(
         return tuple(sorted({min(_round_up(b, multiple), max_length) for b in raw}))
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or lengths.size == 0 or lengths.dtype.kind not in "iu":
-        raise ValueError(f"lengths must be a non-empty 1-D int array, got shape {lengths.shape} dtype {lengths.dtype}")
+        raise ValueError(
+            f"lengths must be a non-empty 1-D int array, got shape {lengths.shape} dtype "
+            f"{lengths.dtype}"
+        )
     if lengths.min() < 1 or lengths.max() > max_length:
         raise ValueError(
-            f"lengths must lie in [1, max_length={max_length}], got min {lengths.min()} max {lengths.max()}"
+            f"lengths must lie in [1, max_length={max_length}], got min {lengths.min()} max "
+            f"{lengths.max()}"
         )
     return _optimal_boundaries(lengths.astype(np.int64), max_length, num_buckets, multiple)
 
@@ -149,7 +159,9 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def _optimal_boundaries(lengths: np.ndarray, max_length: int, num_buckets: int, multiple: int) -> tuple[int, ...]:
+def _optimal_boundaries(
+    lengths: np.ndarray, max_length: int, num_buckets: int, multiple: int
+) -> tuple[int, ...]:
     rounded = np.minimum(-(-lengths // multiple) * multiple, max_length)
     cands, group = np.unique(rounded, return_inverse=True)
     count = np.bincount(group, minlength=len(cands)).astype(np.float64)
@@ -209,19 +221,34 @@ def batch_plan(
     """
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or (lengths.size and lengths.dtype.kind not in "iu"):
-        raise ValueError(f"lengths must be a 1-D int array, got shape {lengths.shape} dtype {lengths.dtype}")
-    if not isinstance(global_batch_size, (int, np.integer)) or isinstance(global_batch_size, bool) or global_batch_size < 1:
+        raise ValueError(
+            f"lengths must be a 1-D int array, got shape {lengths.shape} dtype {lengths.dtype}"
+        )
+    if (
+        not isinstance(global_batch_size, (int, np.integer))
+        or isinstance(global_batch_size, bool)
+        or global_batch_size < 1
+    ):
         raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
     bounds = np.asarray(boundaries)
-    if bounds.ndim != 1 or bounds.size == 0 or bounds.dtype.kind not in "iu" or np.any(np.diff(bounds) <= 0) or bounds[0] < 1:
-        raise ValueError(f"boundaries must be strictly increasing positive ints, got {tuple(boundaries)!r}")
+    if (
+        bounds.ndim != 1
+        or bounds.size == 0
+        or bounds.dtype.kind not in "iu"
+        or np.any(np.diff(bounds) <= 0)
+        or bounds[0] < 1
+    ):
+        raise ValueError(
+            f"boundaries must be strictly increasing positive ints, got {tuple(boundaries)!r}"
+        )
     for name, value in (("seed", seed), ("epoch", epoch)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     if lengths.size and lengths.max() > bounds[-1]:
         worst = int(np.argmax(lengths))
         raise ValueError(
-            f"example {worst} has length {int(lengths[worst])} > the largest boundary {int(bounds[-1])}"
+            f"example {worst} has length {int(lengths[worst])} > the largest boundary "
+            f"{int(bounds[-1])}"
         )
 
     rng = np.random.default_rng([int(seed), int(epoch)])
@@ -298,8 +325,15 @@ def make_batch(
       padding rows), ``example_id`` int32 [b] (-1 on padding rows).
     """
     global_batch = len(spec.indices)
-    if not isinstance(process_count, (int, np.integer)) or process_count < 1 or global_batch % process_count:
-        raise ValueError(f"process_count={process_count!r} must be a positive divisor of the global batch size {global_batch}")
+    if (
+        not isinstance(process_count, (int, np.integer))
+        or process_count < 1
+        or global_batch % process_count
+    ):
+        raise ValueError(
+            f"process_count={process_count!r} must be a positive divisor of the global batch "
+            f"size {global_batch}"
+        )
     if not isinstance(process_index, (int, np.integer)) or not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index!r} must be in [0, {process_count})")
     if len(arrays) == 0:
@@ -342,4 +376,6 @@ def iterate_batches(
     if not 0 <= start <= len(plan):
         raise ValueError(f"start={start!r} must be in [0, {len(plan)}]")
     for spec in plan[start:]:
-        yield make_batch(arrays, spec, process_index=process_index, process_count=process_count, pad_id=pad_id)
+        yield make_batch(
+            arrays, spec, process_index=process_index, process_count=process_count, pad_id=pad_id
+        )

@@ -73,7 +73,9 @@ class PrepareReport:
     num_at_max_length: int
 
 
-def find_bad_rows(ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True) -> list[BadRow]:
+def find_bad_rows(
+    ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True
+) -> list[BadRow]:
     """Lists the malformed rows of a standardised split.
 
     A row is malformed if its text is missing, not a string, or empty/blank (after markup
@@ -95,9 +97,11 @@ def find_bad_rows(ds: datasets.Dataset, *, split_name: str, clean_markup: bool =
     bad: list[BadRow] = []
     texts = table["text"].to_pylist()
     labels = table["label"].to_pylist()
-    for row, (text, label) in enumerate(zip(texts, labels)):
+    for row, (text, label) in enumerate(zip(texts, labels, strict=True)):
         if not isinstance(text, str):
-            bad.append(BadRow(row, "text", text, "missing text" if text is None else "not a string"))
+            bad.append(
+                BadRow(row, "text", text, "missing text" if text is None else "not a string")
+            )
         elif not (clean_text(text) if clean_markup else text).strip():
             bad.append(BadRow(row, "text", text, "empty text"))
         if normalize_label(label) is None:
@@ -122,7 +126,9 @@ def prepare_with_report(
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
     if getattr(tokenizer, "is_fast", False) is not True:
-        raise ValueError(f"tokenizer must be a fast (Rust) tokenizer, got {type(tokenizer).__name__}")
+        raise ValueError(
+            f"tokenizer must be a fast (Rust) tokenizer, got {type(tokenizer).__name__}"
+        )
 
     num_input_rows = len(ds)
     bad = find_bad_rows(ds, split_name=split_name, clean_markup=clean_markup)
@@ -131,7 +137,10 @@ def prepare_with_report(
         bad_idx = sorted({b.row for b in bad})
         shown = "; ".join(b.describe() for b in bad[:_ERRORS_SHOWN])
         more = f"; and {len(bad) - _ERRORS_SHOWN} more" if len(bad) > _ERRORS_SHOWN else ""
-        summary = f"split {split_name!r}: {len(bad_idx)} malformed row(s) of {num_input_rows}: {shown}{more}"
+        summary = (
+            f"split {split_name!r}: {len(bad_idx)} malformed row(s) of {num_input_rows}: "
+            f"{shown}{more}"
+        )
         if on_bad_rows == "error":
             raise ValueError(f"{summary}. Fix the data or pass on_bad_rows='filter'.")
         logger.warning("%s. Filtered out (on_bad_rows='filter').", summary)
@@ -266,7 +275,9 @@ def _labels(ds: datasets.Dataset) -> np.ndarray:
         raise ValueError(f"ds has no 'label' column; columns are {ds.column_names}")
     labels = ds.with_format("arrow")[:]["label"].to_numpy(zero_copy_only=False)
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"ds['label'] must be integers (run prepare first), got dtype {labels.dtype}")
+        raise ValueError(
+            f"ds['label'] must be integers (run prepare first), got dtype {labels.dtype}"
+        )
     return labels.astype(np.int64)
 
 
@@ -306,7 +317,9 @@ def split_train_validation(
     n = len(ds)
     size = _resolve_size(validation_size, n, "validation_size")
     if size >= n:
-        raise ValueError(f"validation_size={validation_size!r} leaves no training rows (len(ds)={n})")
+        raise ValueError(
+            f"validation_size={validation_size!r} leaves no training rows (len(ds)={n})"
+        )
     rng = np.random.default_rng(_check_seed(seed))
     if stratify:
         val = _stratified_pick(_labels(ds), size, rng)

@@ -71,7 +71,8 @@ def load_raw(
     Args:
       name_or_path: a known benchmark name, or a path to a data file or directory.
       split: one split to return (a `datasets.Dataset`); ``None`` returns every split.
-      data_dir: directory laid out like ``/work/shared/data``; overrides ``JAXSENT_DATA_DIR``.
+      data_dir: directory laid out like ``../shared/data`` (``<name>/<split>.parquet``); overrides
+        ``$JAXSENT_DATA_DIR``.
       text_column: name of the text column in the source; default: the benchmark's column, or
         the first of ``text``, ``sentence``, ``review``, ``content`` present.
       label_column: name of the label column; default: the benchmark's column, or the first of
@@ -98,7 +99,8 @@ def load_raw(
             if not files:
                 raise ValueError(
                     f"no *.parquet files for data set {name_or_path!r} in {folder!r} "
-                    f"(from data_dir={data_dir!r} / ${DATA_DIR_ENV}={os.environ.get(DATA_DIR_ENV)!r})"
+                    f"(from data_dir={data_dir!r} / "
+                    f"${DATA_DIR_ENV}={os.environ.get(DATA_DIR_ENV)!r})"
                 )
             raw = _load_files("parquet", _files_by_split(files), split)
         else:
@@ -124,7 +126,8 @@ def _load_hub(known: KnownDataset, name: str, split: str | None):
     except (ConnectionError, OSError) as err:
         raise ConnectionError(
             f"could not load {name!r} ({known.hub_path!r}"
-            f"{', ' + repr(known.hub_config) if known.hub_config else ''}) from the Hugging Face hub: "
+            f"{', ' + repr(known.hub_config) if known.hub_config else ''}) from the Hugging Face "
+            "hub: "
             f"{err}. Without hub access, set ${DATA_DIR_ENV} (or pass data_dir) to a directory "
             f"holding {name}/<split>.parquet, or pass a local file path."
         ) from err

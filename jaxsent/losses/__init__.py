@@ -20,18 +20,17 @@ fail at trace time; bad values raise ``ValueError`` on concrete inputs, and unde
     err.throw()
 """
 
-from jaxsent.losses._registry import LOSS_NAMES
-from jaxsent.losses._registry import get_loss
-from jaxsent.losses._sentiment import bce_loss
-from jaxsent.losses._sentiment import sentiment_focal_loss
-from jaxsent.losses._sentiment import sentiment_weighted_loss
-from jaxsent.losses._terms import STABILIZER
-from jaxsent.losses._terms import confidence_weights
-from jaxsent.losses._terms import focal_modulator
-from jaxsent.losses._terms import length_weights
-from jaxsent.losses._terms import normalize_weights
-from jaxsent.losses._terms import sigmoid_binary_cross_entropy
-from jaxsent.losses._terms import smooth_binary_labels
+from jaxsent.losses._registry import LOSS_NAMES, get_loss
+from jaxsent.losses._sentiment import bce_loss, sentiment_focal_loss, sentiment_weighted_loss
+from jaxsent.losses._terms import (
+    STABILIZER,
+    confidence_weights,
+    focal_modulator,
+    length_weights,
+    normalize_weights,
+    sigmoid_binary_cross_entropy,
+    smooth_binary_labels,
+)
 from jaxsent.losses._validation import check_loss_inputs
 
 __all__ = (

@@ -20,60 +20,60 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jaxsent.losses import _terms
-from jaxsent.losses import _validation
+from jaxsent.losses import _terms, _validation
 
 
 def _prepare(logits, labels, lengths, where):
-  """Flattens and casts the inputs and neutralises padding rows."""
-  x = jnp.asarray(logits)
-  dtype = _terms._float_dtype(x)  # pylint: disable=protected-access
-  x = jnp.ravel(x).astype(dtype)
-  y = jnp.asarray(labels).astype(dtype)
-  n = None if lengths is None else jnp.asarray(lengths).astype(dtype)
-  if where is not None:
-    where = jnp.asarray(where)
-    x = jnp.where(where, x, 0.0)
-    y = jnp.where(where, y, 0.0)
-    if n is not None:
-      n = jnp.where(where, n, 0.0)
-  return x, y, n, where
+    """Flattens and casts the inputs and neutralises padding rows."""
+    x = jnp.asarray(logits)
+    dtype = _terms._float_dtype(x)  # pylint: disable=protected-access
+    x = jnp.ravel(x).astype(dtype)
+    y = jnp.asarray(labels).astype(dtype)
+    n = None if lengths is None else jnp.asarray(lengths).astype(dtype)
+    if where is not None:
+        where = jnp.asarray(where)
+        x = jnp.where(where, x, 0.0)
+        y = jnp.where(where, y, 0.0)
+        if n is not None:
+            n = jnp.where(where, n, 0.0)
+    return x, y, n, where
 
 
 def _mean_over_real_rows(values, where):
-  if where is None:
-    return jnp.sum(values) / max(values.shape[0], 1)
-  count = jnp.maximum(jnp.sum(where), 1).astype(values.dtype)
-  return jnp.sum(jnp.where(where, values, 0.0)) / count
+    if where is None:
+        return jnp.sum(values) / max(values.shape[0], 1)
+    count = jnp.maximum(jnp.sum(where), 1).astype(values.dtype)
+    return jnp.sum(jnp.where(where, values, 0.0)) / count
 
 
 def _mean_with_normalized_weights(values, weights, where, stop_gradient_weights):
-  """``mean(values * normalize_weights(weights, where=where))`` over the real rows.
+    """``mean(values * normalize_weights(weights, where=where))`` over the real rows.
 
-  Computed as ``sum(values * weights) / (count * (mean(weights) + 1e-8))``: the same
-  value up to rounding, but the gradient of the normaliser then reuses the forward
-  sum instead of needing another pass over the batch.
-  """
-  if stop_gradient_weights:
-    weights = jax.lax.stop_gradient(weights)
-  if where is None:
-    count = max(values.shape[0], 1)
-  else:
-    weights = jnp.where(where, weights, 0.0)
-    values = jnp.where(where, values, 0.0)
-    count = jnp.maximum(jnp.sum(where), 1).astype(values.dtype)
-  total = jnp.sum(weights)
-  use_weights = total > _terms.STABILIZER
-  # Uniform weights (all ones) when the weights sum to at most 1e-8, as in the seed.
-  weights = jnp.where(use_weights, weights, 1.0)
-  scale = jnp.where(use_weights, 1.0 / (total / count + _terms.STABILIZER), 1.0)
-  return jnp.sum(values * weights) * scale / count
+    Computed as ``sum(values * weights) / (count * (mean(weights) + 1e-8))``: the same
+    value up to rounding, but the gradient of the normaliser then reuses the forward
+    sum instead of needing another pass over the batch.
+    """
+    if stop_gradient_weights:
+        weights = jax.lax.stop_gradient(weights)
+    if where is None:
+        count = max(values.shape[0], 1)
+    else:
+        weights = jnp.where(where, weights, 0.0)
+        values = jnp.where(where, values, 0.0)
+        count = jnp.maximum(jnp.sum(where), 1).astype(values.dtype)
+    total = jnp.sum(weights)
+    use_weights = total > _terms.STABILIZER
+    # Uniform weights (all ones) when the weights sum to at most 1e-8, as in the seed.
+    weights = jnp.where(use_weights, weights, 1.0)
+    scale = jnp.where(use_weights, 1.0 / (total / count + _terms.STABILIZER), 1.0)
+    return jnp.sum(values * weights) * scale / count
 
 
 def _combined_weights(x, n, where, min_length_weight):
-  """Confidence x length weights (the seed's ``external_weights``, unnormalised)."""
-  return _terms.confidence_weights(x) * _terms.length_weights(
-      n, min_length_weight=min_length_weight, where=where)
+    """Confidence x length weights (the seed's ``external_weights``, unnormalised)."""
+    return _terms.confidence_weights(x) * _terms.length_weights(
+        n, min_length_weight=min_length_weight, where=where
+    )
 
 
 def bce_loss(
@@ -83,28 +83,28 @@ def bce_loss(
     *,
     where: chex.Array | None = None,
 ) -> chex.Array:
-  """Plain mean sigmoid binary cross entropy over the real rows (the 'bce' baseline).
+    """Plain mean sigmoid binary cross entropy over the real rows (the 'bce' baseline).
 
-  ``lengths`` is accepted and ignored, so that the three losses share one call
-  signature.
+    ``lengths`` is accepted and ignored, so that the three losses share one call
+    signature.
 
-  >>> import jax.numpy as jnp
-  >>> bce_loss(jnp.array([0.0, 0.0]), jnp.array([0, 1]))
-  Array(0.6931472, dtype=float32)
+    >>> import jax.numpy as jnp
+    >>> bce_loss(jnp.array([0.0, 0.0]), jnp.array([0, 1]))
+    Array(0.6931472, dtype=float32)
 
-  Args:
-    logits: floating logits [B] or [B, 1].
-    labels: hard labels [B] (bool, int or float 0/1).
-    lengths: ignored.
-    where: optional bool [B]; True marks the real rows.
+    Args:
+      logits: floating logits [B] or [B, 1].
+      labels: hard labels [B] (bool, int or float 0/1).
+      lengths: ignored.
+      where: optional bool [B]; True marks the real rows.
 
-  Returns:
-    Scalar loss (float32, or float64 for float64 logits); 0.0 if no row is real.
-  """
-  del lengths
-  _validation.check_loss_inputs(logits, labels, where=where)
-  x, y, _, where = _prepare(logits, labels, None, where)
-  return _mean_over_real_rows(_terms.sigmoid_binary_cross_entropy(x, y), where)
+    Returns:
+      Scalar loss (float32, or float64 for float64 logits); 0.0 if no row is real.
+    """
+    del lengths
+    _validation.check_loss_inputs(logits, labels, where=where)
+    x, y, _, where = _prepare(logits, labels, None, where)
+    return _mean_over_real_rows(_terms.sigmoid_binary_cross_entropy(x, y), where)
 
 
 def sentiment_weighted_loss(
@@ -116,50 +116,57 @@ def sentiment_weighted_loss(
     where: chex.Array | None = None,
     stop_gradient_weights: bool = False,
 ) -> chex.Array:
-  r"""The seed's ``SentimentWeightedLoss``: BCE with normalised confidence x length weights.
+    r"""The seed's ``SentimentWeightedLoss``: BCE with normalised confidence x length weights.
 
-  .. math::
-    L = \frac{1}{B} \sum_i \ell_i \, \frac{w_i}{\bar w + 10^{-8}}, \qquad
-    w_i = |\tanh(x_i/2)| \cdot \mathrm{clip}\bigl(\sqrt{L_i / L_{\max}}, m, 1\bigr),
+    .. math::
+      L = \frac{1}{B} \sum_i \ell_i \, \frac{w_i}{\bar w + 10^{-8}}, \qquad
+      w_i = |\tanh(x_i/2)| \cdot \mathrm{clip}\bigl(\sqrt{L_i / L_{\max}}, m, 1\bigr),
 
-  with :math:`\ell_i` the sigmoid BCE against the hard label and the sum, mean and
-  maximum over the real rows. Gradients flow through the confidence weights and the
-  normalisation, as in the seed; ``stop_gradient_weights=True`` treats the weights
-  as constants instead.
+    with :math:`\ell_i` the sigmoid BCE against the hard label and the sum, mean and
+    maximum over the real rows. Gradients flow through the confidence weights and the
+    normalisation, as in the seed; ``stop_gradient_weights=True`` treats the weights
+    as constants instead.
 
-  Edge cases: all lengths 0 gives length weights 1; if the weights sum to at most
-  :math:`10^{-8}` (every logit exactly 0) they become uniform, so the loss is the mean
-  BCE (the seed's code returned 0 here, or NaN when all lengths were also 0); no real
-  row gives 0.0 with zero gradient.
+    Edge cases: all lengths 0 gives length weights 1; if the weights sum to at most
+    :math:`10^{-8}` (every logit exactly 0) they become uniform, so the loss is the mean
+    BCE (the seed's code returned 0 here, or NaN when all lengths were also 0); no real
+    row gives 0.0 with zero gradient.
 
-  >>> import jax.numpy as jnp
-  >>> sentiment_weighted_loss(jnp.array([2.0, -1.0, 0.5]), jnp.array([1, 1, 0]),
-  ...                         jnp.array([100, 25, 4]))
-  Array(0.4299215, dtype=float32)
+    >>> import jax.numpy as jnp
+    >>> sentiment_weighted_loss(jnp.array([2.0, -1.0, 0.5]), jnp.array([1, 1, 0]),
+    ...                         jnp.array([100, 25, 4]))
+    Array(0.4299215, dtype=float32)
 
-  Args:
-    logits: floating logits [B] or [B, 1]; finite on real rows.
-    labels: hard labels [B] (bool, int or float 0/1).
-    lengths: token counts [B] (int or float, >= 0).
-    min_length_weight: lower clamp of the length weight, in [0, 1].
-    where: optional bool [B]; True marks the real rows.
-    stop_gradient_weights: if True, no gradient flows through the weights.
+    Args:
+      logits: floating logits [B] or [B, 1]; finite on real rows.
+      labels: hard labels [B] (bool, int or float 0/1).
+      lengths: token counts [B] (int or float, >= 0).
+      min_length_weight: lower clamp of the length weight, in [0, 1].
+      where: optional bool [B]; True marks the real rows.
+      stop_gradient_weights: if True, no gradient flows through the weights.
 
-  Returns:
-    Scalar loss (float32, or float64 for float64 logits).
+    Returns:
+      Scalar loss (float32, or float64 for float64 logits).
 
-  Raises:
-    AssertionError, TypeError: wrong shape or dtype (at trace time).
-    ValueError: invalid concrete values; see :func:`check_loss_inputs`.
-  """
-  _validation.check_loss_inputs(
-      logits, labels, lengths, where=where, min_length_weight=min_length_weight,
-      stop_gradient_weights=stop_gradient_weights)
-  x, y, n, where = _prepare(logits, labels, lengths, where)
-  return _mean_with_normalized_weights(
-      _terms.sigmoid_binary_cross_entropy(x, y),
-      _combined_weights(x, n, where, min_length_weight), where,
-      stop_gradient_weights)
+    Raises:
+      AssertionError, TypeError: wrong shape or dtype (at trace time).
+      ValueError: invalid concrete values; see :func:`check_loss_inputs`.
+    """
+    _validation.check_loss_inputs(
+        logits,
+        labels,
+        lengths,
+        where=where,
+        min_length_weight=min_length_weight,
+        stop_gradient_weights=stop_gradient_weights,
+    )
+    x, y, n, where = _prepare(logits, labels, lengths, where)
+    return _mean_with_normalized_weights(
+        _terms.sigmoid_binary_cross_entropy(x, y),
+        _combined_weights(x, n, where, min_length_weight),
+        where,
+        stop_gradient_weights,
+    )
 
 
 def sentiment_focal_loss(
@@ -173,58 +180,70 @@ def sentiment_focal_loss(
     where: chex.Array | None = None,
     stop_gradient_weights: bool = False,
 ) -> chex.Array:
-  r"""The seed's ``SentimentFocalLoss``: smoothed BCE x focal modulator x normalised weights.
+    r"""The seed's ``SentimentFocalLoss``: smoothed BCE x focal modulator x normalised weights.
 
-  .. math::
-    L = \frac{1}{B} \sum_i f_i \, \ell'_i \, \frac{w_i}{\bar w + 10^{-8}},
+    .. math::
+      L = \frac{1}{B} \sum_i f_i \, \ell'_i \, \frac{w_i}{\bar w + 10^{-8}},
 
-  with :math:`\ell'_i` the sigmoid BCE against the smoothed label
-  (:func:`smooth_binary_labels`), :math:`f_i` the :func:`focal_modulator` of the
-  *unsmoothed* label, and :math:`w_i` the confidence x length weight of
-  :func:`sentiment_weighted_loss`. Gradients flow through the modulator, the weights
-  and the normalisation, as in the seed; ``stop_gradient_weights=True`` treats the
-  modulator and the weights as constants.
+    with :math:`\ell'_i` the sigmoid BCE against the smoothed label
+    (:func:`smooth_binary_labels`), :math:`f_i` the :func:`focal_modulator` of the
+    *unsmoothed* label, and :math:`w_i` the confidence x length weight of
+    :func:`sentiment_weighted_loss`. Gradients flow through the modulator, the weights
+    and the normalisation, as in the seed; ``stop_gradient_weights=True`` treats the
+    modulator and the weights as constants.
 
-  ``min_length_weight=0.1`` follows the seed's document; ``0.0`` reproduces the seed's
-  original focal code. With ``gamma_focal=0``, ``label_smoothing_epsilon=0`` and equal
-  ``min_length_weight`` this is :func:`sentiment_weighted_loss`. Edge cases are those of
-  :func:`sentiment_weighted_loss` (uniform weights when they sum to at most
-  :math:`10^{-8}` is the seed focal code's own guard).
+    ``min_length_weight=0.1`` follows the seed's document; ``0.0`` reproduces the seed's
+    original focal code. With ``gamma_focal=0``, ``label_smoothing_epsilon=0`` and equal
+    ``min_length_weight`` this is :func:`sentiment_weighted_loss`. Edge cases are those of
+    :func:`sentiment_weighted_loss` (uniform weights when they sum to at most
+    :math:`10^{-8}` is the seed focal code's own guard).
 
-  >>> import jax.numpy as jnp
-  >>> sentiment_focal_loss(jnp.array([2.0, -1.0, 0.5]), jnp.array([1, 1, 0]),
-  ...                      jnp.array([100, 25, 4]), gamma_focal=2.0)
-  Array(0.16941284, dtype=float32)
+    >>> import jax.numpy as jnp
+    >>> sentiment_focal_loss(jnp.array([2.0, -1.0, 0.5]), jnp.array([1, 1, 0]),
+    ...                      jnp.array([100, 25, 4]), gamma_focal=2.0)
+    Array(0.16941284, dtype=float32)
 
-  Args:
-    logits: floating logits [B] or [B, 1]; finite on real rows.
-    labels: hard labels [B] (bool, int or float 0/1).
-    lengths: token counts [B] (int or float, >= 0).
-    gamma_focal: focal exponent; > 0 standard, < 0 reversed, 0 none.
-    label_smoothing_epsilon: binary label smoothing, in [0, 1).
-    min_length_weight: lower clamp of the length weight, in [0, 1].
-    where: optional bool [B]; True marks the real rows.
-    stop_gradient_weights: if True, no gradient flows through the modulator and the
-      weights.
+    Args:
+      logits: floating logits [B] or [B, 1]; finite on real rows.
+      labels: hard labels [B] (bool, int or float 0/1).
+      lengths: token counts [B] (int or float, >= 0).
+      gamma_focal: focal exponent; > 0 standard, < 0 reversed, 0 none.
+      label_smoothing_epsilon: binary label smoothing, in [0, 1).
+      min_length_weight: lower clamp of the length weight, in [0, 1].
+      where: optional bool [B]; True marks the real rows.
+      stop_gradient_weights: if True, no gradient flows through the modulator and the
+        weights.
 
-  Returns:
-    Scalar loss (float32, or float64 for float64 logits).
+    Returns:
+      Scalar loss (float32, or float64 for float64 logits).
 
-  Raises:
-    AssertionError, TypeError: wrong shape or dtype (at trace time).
-    ValueError: invalid concrete values; see :func:`check_loss_inputs`.
-  """
-  _validation.check_loss_inputs(
-      logits, labels, lengths, where=where, gamma_focal=gamma_focal,
-      label_smoothing_epsilon=label_smoothing_epsilon,
-      min_length_weight=min_length_weight,
-      stop_gradient_weights=stop_gradient_weights)
-  x, y, n, where = _prepare(logits, labels, lengths, where)
-  # = focal_modulator(x, y, gamma=...) * sigmoid_binary_cross_entropy(x, y, ...),
-  # fused for speed (see _terms._focal_bce); the tests check the equality.
-  modulated_bce = _terms.focal_smoothed_bce(
-      x, y, gamma=gamma_focal, epsilon=label_smoothing_epsilon,
-      detach_modulator=stop_gradient_weights)
-  return _mean_with_normalized_weights(
-      modulated_bce, _combined_weights(x, n, where, min_length_weight), where,
-      stop_gradient_weights)
+    Raises:
+      AssertionError, TypeError: wrong shape or dtype (at trace time).
+      ValueError: invalid concrete values; see :func:`check_loss_inputs`.
+    """
+    _validation.check_loss_inputs(
+        logits,
+        labels,
+        lengths,
+        where=where,
+        gamma_focal=gamma_focal,
+        label_smoothing_epsilon=label_smoothing_epsilon,
+        min_length_weight=min_length_weight,
+        stop_gradient_weights=stop_gradient_weights,
+    )
+    x, y, n, where = _prepare(logits, labels, lengths, where)
+    # = focal_modulator(x, y, gamma=...) * sigmoid_binary_cross_entropy(x, y, ...),
+    # fused for speed (see _terms._focal_bce); the tests check the equality.
+    modulated_bce = _terms.focal_smoothed_bce(
+        x,
+        y,
+        gamma=gamma_focal,
+        epsilon=label_smoothing_epsilon,
+        detach_modulator=stop_gradient_weights,
+    )
+    return _mean_with_normalized_weights(
+        modulated_bce,
+        _combined_weights(x, n, where, min_length_weight),
+        where,
+        stop_gradient_weights,
+    )

@@ -537,9 +537,7 @@ class BertModel(nnx.Module):
                 "dropout is enabled (train mode or deterministic=False) but no rngs were given; "
                 "pass rngs=nnx.Rngs(dropout=...) or call model.eval()"
             )
-        mask = (
-            jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask != 0
-        )
+        mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask != 0
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)

@@ -124,7 +124,7 @@ class ParamRule:
         return self.hf.replace("{i}", match.group("i")) if "{i}" in self.hf else self.hf
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template_regex(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
 
@@ -398,9 +398,7 @@ def load_encoder(
     tensors = read_safetensors(directory)
     overrides = dict(config_overrides or {})
     if "use_pooler" not in overrides:
-        overrides["use_pooler"] = any(
-            canonical_hf_key(k).startswith("pooler.") for k in tensors
-        )
+        overrides["use_pooler"] = any(canonical_hf_key(k).startswith("pooler.") for k in tensors)
     config = bert.read_config(directory, **overrides)
     abstract = nnx.eval_shape(
         lambda: bert.BertModel(config, dtype=dtype, attention_impl=attention_impl, rngs=nnx.Rngs(0))

@@ -120,7 +120,9 @@ class Checkpoints:
             except Exception as err:  # noqa: BLE001 - any read failure means "damaged"
                 log.warning(
                     "checkpoint %s is unreadable (%s: %s); falling back to an older one",
-                    Path(self.latest.directory) / str(step), type(err).__name__, err,
+                    Path(self.latest.directory) / str(step),
+                    type(err).__name__,
+                    err,
                 )
         raise RuntimeError(
             f"every checkpoint under {self.latest.directory} is unreadable (steps {steps})"

@@ -301,7 +301,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     eval_every = tc.eval_every_steps or steps_per_epoch
     log.info(
         "mesh %s, %d train / %d validation / %d eval examples, %d steps",
-        dict(mesh.shape), len(splits["train"]), len(splits["validation"]), len(splits["eval"]),
+        dict(mesh.shape),
+        len(splits["train"]),
+        len(splits["validation"]),
+        len(splits["eval"]),
         total_steps,
     )
 
@@ -365,8 +368,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         def run_validation(step: int) -> None:
             nonlocal best
             values, _ = evaluate(
-                steps, state, splits["validation"], batch_size=tc.eval_batch_size,
-                boundaries=boundaries, place=place,
+                steps,
+                state,
+                splits["validation"],
+                batch_size=tc.eval_batch_size,
+                boundaries=boundaries,
+                place=place,
             )
             writer.write(step, "validation", values)
             score = values[tc.best_metric]
@@ -385,8 +392,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         nonfinite = NonFiniteGuard(
             config.optim.max_consecutive_nonfinite, checkpoint_dir=workdir / "checkpoints"
         )
-        bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not is_main,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="train",
+            disable=not is_main,
+            dynamic_ncols=True,
+        )
         window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
         for step in range(start_step, total_steps):
             epoch, index = divmod(step, steps_per_epoch)
@@ -419,7 +431,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 finite = [m for m in fetched if m["finite"]]
                 summary = {
                     "loss": float(np.mean([m["loss"] for m in finite])) if finite else float("nan"),
-                    "grad_norm": float(np.mean([m["grad_norm"] for m in finite])) if finite else float("nan"),
+                    "grad_norm": float(np.mean([m["grad_norm"] for m in finite]))
+                    if finite
+                    else float("nan"),
                     "learning_rate": float(schedule(done - 1)),
                     "skipped_nonfinite": len(fetched) - len(finite),
                     "examples_per_sec": window_examples / elapsed,
@@ -427,8 +441,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     "epoch": epoch,
                 }
                 writer.write(done, "train", summary)
-                bar.set_postfix(loss=f"{summary['loss']:.4f}",
-                                ex_s=f"{summary['examples_per_sec']:.1f}")
+                bar.set_postfix(
+                    loss=f"{summary['loss']:.4f}", ex_s=f"{summary['examples_per_sec']:.1f}"
+                )
                 window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
             bar.update(1)
             if done % eval_every == 0 or done == total_steps:
@@ -452,8 +467,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
         state, best_meta = ckpts.restore_best(state)
         results, predictions = evaluate(
-            steps, state, splits["eval"], batch_size=tc.eval_batch_size,
-            boundaries=boundaries, place=place,
+            steps,
+            state,
+            splits["eval"],
+            batch_size=tc.eval_batch_size,
+            boundaries=boundaries,
+            place=place,
         )
         ckpts.close()
 
@@ -466,7 +485,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         (workdir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
         reporting.save_predictions(workdir / "predictions.parquet", **predictions)
         reporting.plot_reliability_diagram(
-            predictions["logits"], predictions["labels"], workdir / "reliability.png",
+            predictions["logits"],
+            predictions["labels"],
+            workdir / "reliability.png",
             title=f"{config.data.name} {config.data.eval_split} ({config.loss.name} loss)",
         )
     writer.close()
