@@ -272,21 +272,64 @@ def _stop_agreed(stop: StopSignals, *, check: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.int32(stop.requested))))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Fine-tune, select on validation, report on the eval split; returns the eval metrics."""
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    is_main = jax.process_index() == 0
-    if is_main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+@dataclasses.dataclass
+class Run:
+    """What a run builds before its first step, shared by the parts of `train_and_evaluate`."""
 
-    tc = config.train
+    config: ml_collections.ConfigDict
+    workdir: Path
+    mesh: jax.sharding.Mesh
+    splits: dict[str, Split]
+    full_sizes: dict[str, int]
+    boundaries: tuple[int, ...]
+    place: BatchPlacer
+    steps: StepFunctions
+    state: nnx.State  # model and optimiser arrays; the single source of truth once built
+    schedule: Any
+    steps_per_epoch: int
+    total_steps: int
+    ckpts: Checkpoints
+    writer: MetricsWriter
+    fingerprint: dict[str, Any]
+    best: float | None = None  # best validation score so far (restored on resume)
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+    def evaluate(self, split: Split) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        return evaluate(
+            self.steps,
+            self.state,
+            split,
+            batch_size=self.config.train.eval_batch_size,
+            boundaries=self.boundaries,
+            place=self.place,
+        )
+
+    def checkpoint_meta(self, step: int) -> dict[str, Any]:
+        epoch, next_batch = divmod(step, self.steps_per_epoch)
+        return {
+            "step": step,
+            "epoch": epoch,
+            "next_batch": next_batch,
+            "best": self.best,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def make_run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The run's ('data', 'model') mesh, with the batch sizes checked against it."""
     mesh = sharding.make_mesh(data=config.mesh.data, model=config.mesh.model)
-    rules = sharding.SHARDING_RULES[config.mesh.strategy]
-    _check_divisible("train.global_batch_size", tc.global_batch_size, mesh)
-    _check_divisible("train.eval_batch_size", tc.eval_batch_size, mesh)
-    loss_fn = loss_from_config(config)
+    _check_divisible("train.global_batch_size", config.train.global_batch_size, mesh)
+    _check_divisible("train.eval_batch_size", config.train.eval_batch_size, mesh)
+    return mesh
 
+
+def build_run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh) -> Run:
+    """Data, model, optimiser, compiled steps and checkpoints; call inside `jax.set_mesh(mesh)`."""
+    tc = config.train
+    loss_fn = loss_from_config(config)
     tokenizer = load_tokenizer(config.model.name)
     splits, full_sizes = load_splits(config, tokenizer)
     boundaries = data_lib.make_bucket_boundaries(
@@ -294,11 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         num_buckets=config.data.num_buckets,
         lengths=splits["train"].arrays.lengths,
     )
-    place = BatchPlacer(mesh, pad_id=tokenizer.pad_token_id or 0)
-
     steps_per_epoch = math.ceil(len(splits["train"]) / tc.global_batch_size)
     total_steps = tc.num_steps or steps_per_epoch * tc.num_epochs
-    eval_every = tc.eval_every_steps or steps_per_epoch
     log.info(
         "mesh %s, %d train / %d validation / %d eval examples, %d steps",
         dict(mesh.shape),
@@ -308,8 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         total_steps,
     )
 
-    # Built outside the mesh context: parameters carry logical axis names, which only become
-    # mesh axes through the sharding rules when the state is placed (in build_steps).
+    # Parameters carry logical axis names, which only become mesh axes through the sharding
+    # rules when the state is placed (in build_steps).
     model = SentimentClassifier.from_pretrained(
         config.model.name,
         pooling=config.model.pooling,
@@ -319,176 +359,208 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     )
     tx, schedule = make_optimizer(config.optim, total_steps=total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
-
-    with jax.set_mesh(mesh), StopSignals() as stop:
-        steps, state = build_steps(
-            model,
-            optimizer,
-            loss_fn=loss_fn,
-            dropout_key=jax.random.key(config.seed),
-            state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, rules),
-        )
-        del model, optimizer  # the state is the single source of truth from here on
-
-        ckpts = Checkpoints(
+    rules = sharding.SHARDING_RULES[config.mesh.strategy]
+    steps, state = build_steps(
+        model,
+        optimizer,
+        loss_fn=loss_fn,
+        dropout_key=jax.random.key(config.seed),
+        state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, rules),
+    )
+    return Run(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        splits=splits,
+        full_sizes=full_sizes,
+        boundaries=boundaries,
+        place=BatchPlacer(mesh, pad_id=tokenizer.pad_token_id or 0),
+        steps=steps,
+        state=state,
+        schedule=schedule,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        ckpts=Checkpoints(
             workdir,
             max_to_keep=tc.max_checkpoints,
             best_metric=tc.best_metric,
             best_mode=tc.best_mode,
+        ),
+        writer=MetricsWriter(workdir),
+        fingerprint=resume_fingerprint(config),
+    )
+
+
+def resume(run: Run) -> int:
+    """Restore the newest readable checkpoint into `run`; returns the step to continue from."""
+    if run.ckpts.latest_step() is None:
+        return 0
+    run.state, meta = run.ckpts.restore_latest(run.state)
+    if meta["fingerprint"] != run.fingerprint:
+        changed = {
+            k: (meta["fingerprint"].get(k), v)
+            for k, v in run.fingerprint.items()
+            if meta["fingerprint"].get(k) != v
+        }
+        raise ValueError(
+            f"{run.workdir} holds a run with another config; cannot resume "
+            f"(checkpoint value, new value): {changed}. Use a new --workdir."
         )
-        fingerprint = resume_fingerprint(config)
-        start_step, best = 0, None
-        if ckpts.latest_step() is not None:
-            state, meta = ckpts.restore_latest(state)
-            if meta["fingerprint"] != fingerprint:
-                changed = {
-                    k: (meta["fingerprint"].get(k), v)
-                    for k, v in fingerprint.items()
-                    if meta["fingerprint"].get(k) != v
-                }
-                raise ValueError(
-                    f"{workdir} holds a run with another config; cannot resume "
-                    f"(checkpoint value, new value): {changed}. Use a new --workdir."
-                )
-            start_step, best = int(meta["step"]), meta.get("best")
-            log.info("resumed from step %d", start_step)
+    run.best = meta.get("best")
+    log.info("resumed from step %d", int(meta["step"]))
+    return int(meta["step"])
 
-        writer = MetricsWriter(workdir)
 
-        def meta_for(step: int) -> dict[str, Any]:
-            epoch, next_batch = divmod(step, steps_per_epoch)
-            return {
-                "step": step,
-                "epoch": epoch,
-                "next_batch": next_batch,
-                "best": best,
-                "fingerprint": fingerprint,
-            }
+def validate(run: Run, step: int) -> None:
+    """Validation metrics at `step`, offered to the best-checkpoint manager."""
+    tc = run.config.train
+    values, _ = run.evaluate(run.splits["validation"])
+    run.writer.write(step, "validation", values)
+    score = values[tc.best_metric]
+    if run.best is None or (score > run.best if tc.best_mode == "max" else score < run.best):
+        run.best = score
+    run.ckpts.save_best(step, run.state, run.checkpoint_meta(step), values)
+    if run.is_main:
+        shown = ", ".join(f"{k}={values[k]:.4f}" for k in ("accuracy", "f1", "nll", "ece"))
+        tqdm.write(f"step {step}: validation {shown}")
 
-        def run_validation(step: int) -> None:
-            nonlocal best
-            values, _ = evaluate(
-                steps,
-                state,
-                splits["validation"],
-                batch_size=tc.eval_batch_size,
-                boundaries=boundaries,
-                place=place,
+
+class _TrainLog:
+    """Per-window training summaries (loss, grad norm, throughput) at the log steps."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.pending: list[dict[str, jax.Array]] = []
+        self.nonfinite = NonFiniteGuard(
+            run.config.optim.max_consecutive_nonfinite,
+            checkpoint_dir=run.workdir / "checkpoints",
+        )
+        self.window_start = time.perf_counter()
+
+    def flush(self, done: int, epoch: int) -> dict[str, float]:
+        """Fetch the pending step metrics (one device sync), check them and write a summary."""
+        fetched = jax.device_get(self.pending)
+        self.pending.clear()
+        self.nonfinite.update([bool(m["finite"]) for m in fetched], last_step=done)
+        elapsed = time.perf_counter() - self.window_start
+        examples = sum(int(m["examples"]) for m in fetched)
+        tokens = sum(int(m["real_tokens"]) for m in fetched)
+        finite = [m for m in fetched if m["finite"]]
+
+        def mean(key: str) -> float:
+            return float(np.mean([m[key] for m in finite])) if finite else float("nan")
+
+        summary = {
+            "loss": mean("loss"),
+            "grad_norm": mean("grad_norm"),
+            "learning_rate": float(self.run.schedule(done - 1)),
+            "skipped_nonfinite": len(fetched) - len(finite),
+            "examples_per_sec": examples / elapsed,
+            "real_tokens_per_sec": tokens / elapsed,
+            "epoch": epoch,
+        }
+        self.run.writer.write(done, "train", summary)
+        self.window_start = time.perf_counter()
+        return summary
+
+
+def train_steps(run: Run, start_step: int, stop: StopSignals) -> None:
+    """Steps `start_step`..`total_steps` with logging, validation and checkpoints.
+
+    Raises `TrainingInterrupted` after saving when a stop signal arrives.
+    """
+    tc = run.config.train
+    eval_every = tc.eval_every_steps or run.steps_per_epoch
+    train_log = _TrainLog(run)
+    plans: dict[int, list] = {}
+    bar = tqdm(
+        total=run.total_steps,
+        initial=start_step,
+        desc="train",
+        disable=not run.is_main,
+        dynamic_ncols=True,
+    )
+    for step in range(start_step, run.total_steps):
+        epoch, index = divmod(step, run.steps_per_epoch)
+        if epoch not in plans:
+            plans.clear()
+            plans[epoch] = data_lib.batch_plan(
+                run.splits["train"].arrays.lengths,
+                global_batch_size=tc.global_batch_size,
+                boundaries=run.boundaries,
+                shuffle=True,
+                seed=run.config.seed,
+                epoch=epoch,
             )
-            writer.write(step, "validation", values)
-            score = values[tc.best_metric]
-            better = best is None or (score > best if tc.best_mode == "max" else score < best)
-            if better:
-                best = score
-            ckpts.save_best(step, state, meta_for(step), values)
-            if is_main:
-                tqdm.write(
-                    f"step {step}: validation "
-                    + ", ".join(f"{k}={values[k]:.4f}" for k in ("accuracy", "f1", "nll", "ece"))
-                )
-
-        plan_cache: dict[int, list] = {}
-        pending: list[dict[str, jax.Array]] = []
-        nonfinite = NonFiniteGuard(
-            config.optim.max_consecutive_nonfinite, checkpoint_dir=workdir / "checkpoints"
-        )
-        bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            desc="train",
-            disable=not is_main,
-            dynamic_ncols=True,
-        )
-        window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
-        for step in range(start_step, total_steps):
-            epoch, index = divmod(step, steps_per_epoch)
-            if epoch not in plan_cache:
-                plan_cache.clear()
-                plan_cache[epoch] = data_lib.batch_plan(
-                    splits["train"].arrays.lengths,
-                    global_batch_size=tc.global_batch_size,
-                    boundaries=boundaries,
-                    shuffle=True,
-                    seed=config.seed,
-                    epoch=epoch,
-                )
-            state, step_metrics = steps.train_step(
-                state, place(splits["train"].arrays, plan_cache[epoch][index])
+        batch = run.place(run.splits["train"].arrays, plans[epoch][index])
+        run.state, step_metrics = run.steps.train_step(run.state, batch)
+        train_log.pending.append(step_metrics)
+        done = step + 1
+        at_log_step = done % tc.log_every_steps == 0 or done == run.total_steps
+        if at_log_step:
+            summary = train_log.flush(done, epoch)
+            bar.set_postfix(
+                loss=f"{summary['loss']:.4f}", ex_s=f"{summary['examples_per_sec']:.1f}"
             )
-            pending.append(step_metrics)
-            done = step + 1
-            if done % tc.log_every_steps == 0 or done == total_steps:
-                fetched = jax.device_get(pending)
-                pending.clear()
-                try:
-                    nonfinite.update([bool(m["finite"]) for m in fetched], last_step=done)
-                except FloatingPointError:
-                    ckpts.close()
-                    raise
-                elapsed = time.perf_counter() - window_start
-                window_examples += sum(int(m["examples"]) for m in fetched)
-                window_tokens += sum(int(m["real_tokens"]) for m in fetched)
-                finite = [m for m in fetched if m["finite"]]
-                summary = {
-                    "loss": float(np.mean([m["loss"] for m in finite])) if finite else float("nan"),
-                    "grad_norm": float(np.mean([m["grad_norm"] for m in finite]))
-                    if finite
-                    else float("nan"),
-                    "learning_rate": float(schedule(done - 1)),
-                    "skipped_nonfinite": len(fetched) - len(finite),
-                    "examples_per_sec": window_examples / elapsed,
-                    "real_tokens_per_sec": window_tokens / elapsed,
-                    "epoch": epoch,
-                }
-                writer.write(done, "train", summary)
-                bar.set_postfix(
-                    loss=f"{summary['loss']:.4f}", ex_s=f"{summary['examples_per_sec']:.1f}"
-                )
-                window_start, window_examples, window_tokens = time.perf_counter(), 0, 0
-            bar.update(1)
-            if done % eval_every == 0 or done == total_steps:
-                run_validation(done)
-            stopping = _stop_agreed(
-                stop, check=done % tc.log_every_steps == 0 or done == total_steps
+        bar.update(1)
+        if done % eval_every == 0 or done == run.total_steps:
+            validate(run, done)
+        stopping = _stop_agreed(stop, check=at_log_step)
+        if done % tc.checkpoint_every_steps == 0 or done == run.total_steps or stopping:
+            run.ckpts.save_latest(done, run.state, run.checkpoint_meta(done))
+        if stopping:
+            bar.close()
+            by = f"signal {stop.received}" if stop.requested else "a signal to another process"
+            raise TrainingInterrupted(
+                f"stopped by {by} after step {done}; checkpoint saved in "
+                f"{run.workdir / 'checkpoints'}. Rerun the same command to resume."
             )
-            if done % tc.checkpoint_every_steps == 0 or done == total_steps or stopping:
-                ckpts.save_latest(done, state, meta_for(done))
-            if stopping:
-                bar.close()
-                ckpts.close()
-                writer.close()
-                by = f"signal {stop.received}" if stop.requested else "a signal to another process"
-                raise TrainingInterrupted(
-                    f"stopped by {by} after step {done}; checkpoint saved in "
-                    f"{workdir / 'checkpoints'}. Rerun the same command to resume."
-                )
-        bar.close()
-        ckpts.wait()
+    bar.close()
+    run.ckpts.wait()
 
-        state, best_meta = ckpts.restore_best(state)
-        results, predictions = evaluate(
-            steps,
-            state,
-            splits["eval"],
-            batch_size=tc.eval_batch_size,
-            boundaries=boundaries,
-            place=place,
-        )
-        ckpts.close()
 
+def evaluate_best(run: Run) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Restore the best checkpoint and report on the eval split (touched only here)."""
+    run.state, best_meta = run.ckpts.restore_best(run.state)
+    results, predictions = run.evaluate(run.splits["eval"])
     results["best_step"] = int(best_meta["step"])
-    results["split"] = config.data.eval_split
-    notes = _describe_subsets(config, splits, full_sizes)
-    results["notes"] = notes
-    if is_main:
-        writer.write(total_steps, "final_eval", results)
-        (workdir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
-        reporting.save_predictions(workdir / "predictions.parquet", **predictions)
-        reporting.plot_reliability_diagram(
-            predictions["logits"],
-            predictions["labels"],
-            workdir / "reliability.png",
-            title=f"{config.data.name} {config.data.eval_split} ({config.loss.name} loss)",
-        )
-    writer.close()
+    results["split"] = run.config.data.eval_split
+    results["notes"] = _describe_subsets(run.config, run.splits, run.full_sizes)
+    return results, predictions
+
+
+def write_final_outputs(
+    run: Run, results: dict[str, Any], predictions: dict[str, np.ndarray]
+) -> None:
+    """`eval_results.json`, `predictions.parquet` and `reliability.png` (process 0 only)."""
+    run.writer.write(run.total_steps, "final_eval", results)
+    if not run.is_main:
+        return
+    config = run.config
+    (run.workdir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    reporting.save_predictions(run.workdir / "predictions.parquet", **predictions)
+    reporting.plot_reliability_diagram(
+        predictions["logits"],
+        predictions["labels"],
+        run.workdir / "reliability.png",
+        title=f"{config.data.name} {config.data.eval_split} ({config.loss.name} loss)",
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Fine-tune, select on validation, report on the eval split; returns the eval metrics."""
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    mesh = make_run_mesh(config)
+    with jax.set_mesh(mesh), StopSignals() as stop:
+        run = build_run(config, workdir, mesh)
+        try:
+            train_steps(run, resume(run), stop)
+            results, predictions = evaluate_best(run)
+            write_final_outputs(run, results, predictions)
+        finally:
+            run.ckpts.close()
+            run.writer.close()
     return results
