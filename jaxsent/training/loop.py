@@ -327,7 +327,7 @@ def make_run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh) -> Run:
-    """Data, model, optimiser, compiled steps and checkpoints; call inside `jax.set_mesh(mesh)`."""
+    """Data, model, optimiser, compiled steps and checkpoints for a run over `mesh`."""
     tc = config.train
     loss_fn = loss_from_config(config)
     tokenizer = load_tokenizer(config.model.name)
@@ -348,8 +348,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.shardi
         total_steps,
     )
 
-    # Parameters carry logical axis names, which only become mesh axes through the sharding
-    # rules when the state is placed (in build_steps).
+    # Built outside the mesh context: parameters carry logical axis names, which only become
+    # mesh axes through the sharding rules when the state is placed (in build_steps).
     model = SentimentClassifier.from_pretrained(
         config.model.name,
         pooling=config.model.pooling,
@@ -360,13 +360,14 @@ def build_run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.shardi
     tx, schedule = make_optimizer(config.optim, total_steps=total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
     rules = sharding.SHARDING_RULES[config.mesh.strategy]
-    steps, state = build_steps(
-        model,
-        optimizer,
-        loss_fn=loss_fn,
-        dropout_key=jax.random.key(config.seed),
-        state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, rules),
-    )
+    with jax.set_mesh(mesh):
+        steps, state = build_steps(
+            model,
+            optimizer,
+            loss_fn=loss_fn,
+            dropout_key=jax.random.key(config.seed),
+            state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, rules),
+        )
     return Run(
         config=config,
         workdir=workdir,
@@ -554,8 +555,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     mesh = make_run_mesh(config)
+    run = build_run(config, workdir, mesh)
     with jax.set_mesh(mesh), StopSignals() as stop:
-        run = build_run(config, workdir, mesh)
         try:
             train_steps(run, resume(run), stop)
             results, predictions = evaluate_best(run)
