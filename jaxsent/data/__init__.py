@@ -27,9 +27,12 @@ from jaxsent.data.batching import (
 )
 from jaxsent.data.labels import LABEL_NAMES, normalize_label
 from jaxsent.data.preprocess import (
+    TRUNCATION_MODES,
     BadRow,
+    Encoded,
     PrepareReport,
     clean_text,
+    encode_texts,
     find_bad_rows,
     prepare,
     prepare_with_report,
@@ -42,6 +45,9 @@ __all__ = [
     "BadRow",
     "BatchSpec",
     "DATA_DIR_ENV",
+    "TRUNCATION_MODES",
+    "Encoded",
+    "encode_texts",
     "KNOWN_DATASETS",
     "KnownDataset",
     "LABEL_NAMES",
