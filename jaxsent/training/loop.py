@@ -78,13 +78,8 @@ def resume_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def loss_from_config(config: ml_collections.ConfigDict):
-    hyper = dict(config.loss)
-    name = hyper.pop("name")
-    if name == "bce":
-        hyper = {}
-    elif name == "weighted":
-        hyper = {k: hyper[k] for k in ("min_length_weight", "stop_gradient_weights")}
-    return losses.get_loss(name, **hyper)
+    """The loss ``config.loss.name`` with the ``config.loss`` fields it accepts bound."""
+    return losses.loss_from_fields(config.loss)
 
 
 def load_splits(
