@@ -24,7 +24,6 @@ References:
   Significance in Natural Language Processing. ACL 2018.
   Dodge et al. Fine-Tuning Pretrained Language Models: Weight Initializations, Data
   Orders, and Early Stopping. arXiv:2002.06305, 2020.
-  Abramowitz and Stegun. Handbook of Mathematical Functions, 26.7.3-26.7.4 (1964).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from jaxsent import metrics
 
@@ -47,7 +47,6 @@ __all__ = [
     "bootstrap_indices",
     "bootstrap_replicates",
     "paired_bootstrap",
-    "student_t_ppf",
     "t_interval",
 ]
 
@@ -71,57 +70,6 @@ def _check_confidence(confidence) -> float:
     if not 0 < confidence < 1:
         raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}.")
     return float(confidence)
-
-
-def _t_central_probability(theta: float, df: int) -> float:
-    """``P(|T| <= t)`` for ``T ~ t(df)``, ``theta = atan(t / sqrt(df))`` (A&S 26.7.3-4).
-
-    The finite series for integer ``df`` has positive terms only, so it is accurate to a
-    few float64 ulps for small ``df`` and ~1e-14 at ``df`` in the thousands.
-    """
-    c2 = math.cos(theta) ** 2
-    if df % 2:  # odd: (2/pi) [theta + sin cos (1 + 2/3 c^2 + 2*4/(3*5) c^4 + ...)]
-        k = np.arange(1, (df - 3) // 2 + 1)
-        series = 1.0 + np.sum(np.cumprod(2 * k / (2 * k + 1) * c2)) if df > 1 else 0.0
-        return 2.0 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)
-    # even: sin (1 + 1/2 c^2 + 1*3/(2*4) c^4 + ...)
-    k = np.arange(1, (df - 2) // 2 + 1)
-    return math.sin(theta) * (1.0 + np.sum(np.cumprod((2 * k - 1) / (2 * k) * c2)))
-
-
-def student_t_ppf(probability: float, df: int) -> float:
-    """Quantile function of Student's t distribution with an integer number of degrees.
-
-    Solves ``P(|T| <= t) = |2 p - 1|`` by bisection on ``theta = atan(t / sqrt(df))`` in
-    ``(0, pi/2)``, using the exact finite series of Abramowitz and Stegun 26.7.3-26.7.4,
-    to float64 resolution (no scipy needed; ``jax.scipy.stats.t`` has no ``ppf``).
-
-    Args:
-      probability: ``p`` in (0, 1).
-      df: degrees of freedom, an integer >= 1 (seeds minus one for ``t_interval``).
-
-    Returns:
-      ``t`` with ``P(T <= t) = p``, a Python float (0 at ``p = 1/2``, odd in ``p - 1/2``).
-    """
-    if isinstance(df, bool) or not isinstance(df, numbers.Integral) or df < 1:
-        raise ValueError(f"`df` must be an integer >= 1, got {df!r}.")
-    if isinstance(probability, bool) or not isinstance(probability, numbers.Real):
-        raise TypeError(f"`probability` must be a float in (0, 1), got {probability!r}.")
-    if not 0 < probability < 1:
-        raise ValueError(f"`probability` must be in (0, 1), got {probability!r}.")
-    df = int(df)
-    central = abs(2.0 * float(probability) - 1.0)
-    lo, hi = 0.0, math.pi / 2
-    while True:  # ends when the bracket cannot shrink: at most ~60 steps in float64
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if _t_central_probability(mid, df) < central:
-            lo = mid
-        else:
-            hi = mid
-    t = math.sqrt(df) * math.tan(0.5 * (lo + hi))
-    return t if probability >= 0.5 else -t
 
 
 class TInterval(NamedTuple):
@@ -170,7 +118,8 @@ def t_interval(values, *, confidence: float = 0.95) -> TInterval:
     n = x.size
     if n == 1:
         return TInterval(mean, math.nan, math.nan)
-    half = student_t_ppf(0.5 + confidence / 2, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
+    quantile = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1))
+    half = quantile * float(np.std(x, ddof=1)) / math.sqrt(n)
     return TInterval(mean, mean - half, mean + half)
 
 

@@ -112,7 +112,8 @@ def compare(
     """Paired bootstrap of `variant` minus `baseline` for each metric, over the seeds both have.
 
     The pairs share a seed, hence the training data, its order, the validation split and the
-    evaluation examples; only the loss differs. Examples are resampled within each seed.
+    evaluation examples; only the loss differs. Each bootstrap replicate resamples the evaluation
+    examples once for every seed (they are one test set; see `jaxsent.stats.paired_bootstrap`).
     """
     by_key = {(r.variant, r.seed): r for r in runs if r.done}
     seeds = sorted(s for (v, s) in by_key if v == variant and (baseline, s) in by_key)
@@ -142,7 +143,8 @@ def compare(
                 "baseline": baseline,
                 "metric": metric,
                 "n_seeds": len(seeds),
-                **{k: float(v) for k, v in result.items()},
+                **{k: float(result[k]) for k in ("difference", "ci_low", "ci_high", "p_value")},
+                "num_resamples": int(result["num_resamples"]),
             }
         )
     return rows
