@@ -8,13 +8,13 @@ Any config field can be overridden with `--config.<path>=<value>`. Re-running wi
 `--workdir` resumes from its newest checkpoint.
 """
 
-import logging
 import os
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from train import common
 
 # Make `from configs import default` work in config files when run from the repository root.
 sys.path.insert(0, os.getcwd())
@@ -35,28 +35,14 @@ flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
-RESULT_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "nll", "brier", "ece")
+RESULT_KEYS = common.RESULT_KEYS
 
 
 def main(argv):
     del argv
-    # Orbax and JAX log every save and restore at INFO through absl; keep those to warnings and
-    # show jaxsent's own progress messages.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    jaxsent_log = logging.getLogger("jaxsent")
-    jaxsent_log.addHandler(handler)
-    jaxsent_log.setLevel(logging.INFO)
-    jaxsent_log.propagate = False
+    common.setup()
     import jax
 
-    # Compiled steps persist across runs (one compile per bucket shape is otherwise paid again
-    # by every run and every resume).
-    jax.config.update(
-        "jax_compilation_cache_dir",
-        os.environ.get("JAXSENT_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxsent/xla")),
-    )
     if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
         # Collectives between CPU devices of different processes (tests, CPU clusters) go over
         # TCP with gloo: jax 0.10.2's default, set explicitly because releases without a default

@@ -24,17 +24,21 @@ from jaxsent.data.batching import (
     make_bucket_boundaries,
     plan_stats,
     to_numpy_columns,
+    token_arrays,
 )
 from jaxsent.data.labels import LABEL_NAMES, normalize_label
 from jaxsent.data.preprocess import (
     BadRow,
+    Encoded,
     PrepareReport,
     clean_text,
+    encode_texts,
     find_bad_rows,
     prepare,
     prepare_with_report,
     split_train_validation,
     stratified_subset,
+    text_problem,
 )
 from jaxsent.data.sources import DATA_DIR_ENV, KNOWN_DATASETS, KnownDataset, load_raw
 
@@ -42,6 +46,7 @@ __all__ = [
     "BadRow",
     "BatchSpec",
     "DATA_DIR_ENV",
+    "Encoded",
     "KNOWN_DATASETS",
     "KnownDataset",
     "LABEL_NAMES",
@@ -50,6 +55,7 @@ __all__ = [
     "TokenArrays",
     "batch_plan",
     "clean_text",
+    "encode_texts",
     "find_bad_rows",
     "iterate_batches",
     "load_raw",
@@ -61,5 +67,7 @@ __all__ = [
     "prepare_with_report",
     "split_train_validation",
     "stratified_subset",
+    "text_problem",
     "to_numpy_columns",
+    "token_arrays",
 ]

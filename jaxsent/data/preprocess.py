@@ -38,6 +38,55 @@ def clean_text(text: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Encoded:
+    """Texts tokenised as `prepare` tokenises them.
+
+    Attributes:
+      input_ids: one list of token ids per text (special tokens included, no padding).
+      lengths: int32 [n], tokens kept per text (``len(input_ids[i])``, <= ``max_length``).
+      truncated: bool [n], whether the text had more tokens than ``max_length`` kept.
+    """
+
+    input_ids: list[list[int]]
+    lengths: np.ndarray
+    truncated: np.ndarray
+
+
+def encode_texts(
+    texts: list[str], tokenizer, *, max_length: int, clean_markup: bool = True
+) -> Encoded:
+    """Cleans (when ``clean_markup``) and tokenises texts, truncated to ``max_length`` tokens.
+
+    The one tokenisation of training, evaluation and prediction.
+
+    Args:
+      texts: strings (validated by the caller: see `find_bad_rows`).
+      tokenizer: a fast Hugging Face tokenizer.
+      max_length: token budget per text including ``[CLS]``/``[SEP]``.
+      clean_markup: apply `clean_text` first.
+
+    Returns:
+      The `Encoded` texts.
+    """
+    if clean_markup:
+        texts = [clean_text(t) for t in texts]
+    enc = tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    # The Rust encodings keep what truncation cut off: a text was truncated iff it overflowed.
+    return Encoded(
+        input_ids=enc["input_ids"],
+        lengths=np.asarray([len(ids) for ids in enc["input_ids"]], dtype=np.int32),
+        truncated=np.asarray([bool(e.overflowing) for e in enc.encodings], dtype=bool),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class BadRow:
     """One malformed row: its index in the split, the offending column and raw value, why."""
 
@@ -73,6 +122,22 @@ class PrepareReport:
     num_at_max_length: int
 
 
+def text_problem(text: object, *, clean_markup: bool = True) -> str | None:
+    """Why ``text`` cannot be classified, or None when it can.
+
+    Returns:
+      ``"missing text"`` (None), ``"not a string"``, ``"empty text"`` (blank, after `clean_text`
+      when ``clean_markup``), or None.
+    """
+    if text is None:
+        return "missing text"
+    if not isinstance(text, str):
+        return "not a string"
+    if not (clean_text(text) if clean_markup else text).strip():
+        return "empty text"
+    return None
+
+
 def find_bad_rows(
     ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True
 ) -> list[BadRow]:
@@ -98,12 +163,9 @@ def find_bad_rows(
     texts = table["text"].to_pylist()
     labels = table["label"].to_pylist()
     for row, (text, label) in enumerate(zip(texts, labels, strict=True)):
-        if not isinstance(text, str):
-            bad.append(
-                BadRow(row, "text", text, "missing text" if text is None else "not a string")
-            )
-        elif not (clean_text(text) if clean_markup else text).strip():
-            bad.append(BadRow(row, "text", text, "empty text"))
+        problem = text_problem(text, clean_markup=clean_markup)
+        if problem is not None:
+            bad.append(BadRow(row, "text", text, problem))
         if normalize_label(label) is None:
             bad.append(
                 BadRow(row, "label", label, f"label must be 0/1 or one of {sorted(LABEL_NAMES)}")
@@ -241,22 +303,17 @@ class _Tokenize:
         self.example_ids = example_ids
 
     def __call__(self, batch, indices):
-        texts = batch["text"]
-        if self.clean_markup:
-            texts = [clean_text(t) for t in texts]
-        enc = self.tokenizer(
-            texts,
-            truncation=True,
+        enc = encode_texts(
+            batch["text"],
+            self.tokenizer,
             max_length=self.max_length,
-            padding=False,
-            return_attention_mask=True,
-            return_token_type_ids=False,
+            clean_markup=self.clean_markup,
         )
         return {
             "text": batch["text"],
             "label": [normalize_label(v) for v in batch["label"]],
-            "input_ids": enc["input_ids"],
-            "length": [int(sum(m)) for m in enc["attention_mask"]],
+            "input_ids": enc.input_ids,
+            "length": enc.lengths.tolist(),
             "example_id": self.example_ids[np.asarray(indices)].tolist(),
         }
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from jaxsent import data as data_lib
 from jaxsent import losses, metrics, reporting, sharding
+from jaxsent.export import export_run
 from jaxsent.models import SentimentClassifier, load_tokenizer
 from jaxsent.training.checkpointing import Checkpoints
 from jaxsent.training.optim import make_optimizer
@@ -535,6 +536,7 @@ def write_final_outputs(
 ) -> None:
     """`eval_results.json`, `predictions.parquet` and `reliability.png` (process 0 only)."""
     run.writer.write(run.total_steps, "final_eval", results)
+    export_run(run, results)
     if not run.is_main:
         return
     config = run.config
