@@ -21,7 +21,15 @@ def get_config() -> ml_collections.ConfigDict:
     data.validation_size = 0.1  # fraction (or count) of train held out for model selection
     data.train_size = 0  # 0 = all remaining train examples; else a stratified subset of this size
     data.eval_size = 0  # 0 = the whole eval split; else a fixed stratified sample of this size
+    data.eval_sample_seed = 0  # the eval sample's seed: the same examples for every training seed
+    # Other data sets evaluated from the best checkpoint at the end: 'name[:split],...' (e.g.
+    # 'rotten_tomatoes:all'); reports in extra_evals/<name>-<split>/ and eval_results.json.
+    data.extra_evals = ""
     data.max_length = 256
+    # 'head' keeps the first max_length tokens; 'head_tail' the first head_fraction of the budget
+    # and the end of the text (where reviews often state their verdict).
+    data.truncation = "head"
+    data.head_fraction = 0.25
     data.num_buckets = 8  # padded lengths fitted to the train lengths: one compiled shape each
     data.clean_markup = True
     data.on_bad_rows = "error"  # or 'filter' (filtered counts are reported)
@@ -33,11 +41,16 @@ def get_config() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
 
     config.loss = loss = ml_collections.ConfigDict()
-    loss.name = "focal"  # 'bce' | 'weighted' | 'focal'
+    # A preset sets every field: config.loss.update(jaxsent.losses.LOSS_PRESETS[name]).
+    loss.name = "focal"  # 'bce' | 'weighted' | 'focal' | 'sentiment' (every term switchable)
     loss.gamma_focal = 0.1
     loss.label_smoothing_epsilon = 0.05
     loss.min_length_weight = 0.1
     loss.stop_gradient_weights = False
+    # Read by 'sentiment' only ('weighted' and 'focal' always weight by both): True, True
+    # describes the default 'focal', and makes 'sentiment' with these fields equal to it.
+    loss.length_weighting = True
+    loss.confidence_weighting = True
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.learning_rate = 5e-5

@@ -5,9 +5,9 @@ The folder is the Hugging Face layout that `jaxsent.models.save_pretrained` writ
 ``num_labels=1`` under ``pooling="cls"``), the tokenizer's files (with ``model_max_length`` set
 to the training's ``max_length``), and ``jaxsent.json``, which adds to the model's own entries
 (pooling, dropout rate, compute dtype) how the run read text and scored it: `InferenceSettings`
-(``max_length``, ``clean_markup``, the fitted bucket boundaries, the evaluation batch size, the
-temperature fitted on validation) and where the model came from (``run``: work directory, best
-step, the run's config).
+(``max_length``, ``clean_markup``, the truncation mode, the fitted bucket boundaries, the
+evaluation batch size, the temperature fitted on validation) and where the model came from
+(``run``: work directory, best step, the run's config).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from jaxsent.data.preprocess import check_truncation
 from jaxsent.models import METADATA_FILE, load_tokenizer, read_metadata, save_pretrained
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class InferenceSettings:
     Attributes:
       max_length: token budget per text (longer texts are truncated).
       clean_markup: whether ``<br />`` markup is replaced by spaces before tokenising.
+      truncation, head_fraction: which tokens of a longer text are kept (see
+        `jaxsent.data.encode_texts`).
       bucket_boundaries: the padded lengths of the run's batches (one compiled shape each);
         the same boundaries give the same padded shapes, and so the run's logits exactly.
       batch_size: the run's evaluation batch size (``train.eval_batch_size``).
@@ -59,11 +62,14 @@ class InferenceSettings:
 
     max_length: int
     clean_markup: bool
+    truncation: str
+    head_fraction: float
     bucket_boundaries: tuple[int, ...]
     batch_size: int
     temperature: float | None
 
     def __post_init__(self):
+        check_truncation(self.truncation, self.head_fraction)
         bounds = self.bucket_boundaries
         if not bounds or list(bounds) != sorted(set(bounds)) or bounds[-1] != self.max_length:
             raise ValueError(
@@ -188,6 +194,8 @@ def export_run(run: Run, results: dict[str, Any]) -> epath.Path | None:
     settings = InferenceSettings(
         max_length=config.data.max_length,
         clean_markup=config.data.clean_markup,
+        truncation=config.data.truncation,
+        head_fraction=config.data.head_fraction,
         bucket_boundaries=tuple(int(b) for b in run.boundaries),
         batch_size=config.train.eval_batch_size,
         temperature=None if temperature is None else float(temperature),

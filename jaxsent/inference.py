@@ -29,8 +29,8 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from jaxsent import calibration, evaluation, sharding
 from jaxsent import data as data_lib
-from jaxsent import sharding
 from jaxsent.export import EXPORT_DIR, InferenceSettings, is_export, read_settings
 from jaxsent.models import SentimentClassifier, load_tokenizer
 from jaxsent.training import checkpointing
@@ -41,11 +41,11 @@ __all__ = [
     "Predictor",
     "Scorer",
     "TrainedModel",
-    "apply_temperature",
     "evaluation_results",
     "is_run",
     "load_eval_split",
     "load_trained",
+    "probabilities",
 ]
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,9 @@ def _from_checkpoint(workdir: epath.Path) -> TrainedModel:
     settings = InferenceSettings(
         max_length=max_length,
         clean_markup=config.data.clean_markup,
+        # Runs from before head+tail truncation kept the head.
+        truncation=config.data.get("truncation", "head"),
+        head_fraction=config.data.get("head_fraction", 0.25),
         bucket_boundaries=data_lib.make_bucket_boundaries(
             max_length, num_buckets=config.data.num_buckets
         ),
@@ -268,11 +271,11 @@ class Scorer:
             )
 
 
-def apply_temperature(logits, temperature: float | None) -> np.ndarray:
-    """float32 P(positive) = sigmoid(logits / temperature); no scaling when it is None."""
+def probabilities(logits, temperature: float | None) -> np.ndarray:
+    """float32 P(positive) = sigmoid(logits / temperature); sigmoid(logits) when it is None."""
     logits = jnp.asarray(logits, jnp.float32)
     if temperature is not None:
-        logits = logits / temperature
+        logits = calibration.apply_temperature(logits, temperature)
     return np.asarray(jax.nn.sigmoid(logits), dtype=np.float32)
 
 
@@ -349,15 +352,17 @@ class Predictor:
             )
             raise ValueError(f"{len(bad)} text(s) cannot be classified: {shown}{more}")
         encoded = data_lib.encode_texts(
-            list(texts),
             self.trained.tokenizer,
+            list(texts),
             max_length=settings.max_length,
             clean_markup=settings.clean_markup,
+            truncation=settings.truncation,
+            head_fraction=settings.head_fraction,
         )
         logits = self.scorer.logits(data_lib.token_arrays(encoded.input_ids))
         return Predictions(
             logits=logits,
-            probabilities=apply_temperature(logits, self.temperature),
+            probabilities=probabilities(logits, self.temperature),
             labels=(logits > 0).astype(np.int64),
             num_tokens=encoded.lengths,
             truncated=encoded.truncated,
@@ -414,6 +419,8 @@ def load_eval_split(
         split_name=key,
         clean_markup=settings.clean_markup,
         on_bad_rows=on_bad_rows,
+        truncation=settings.truncation,
+        head_fraction=settings.head_fraction,
     )
     notes = []
     if report.num_filtered:
@@ -434,11 +441,21 @@ def load_eval_split(
     return Split(key, ds, data_lib.to_numpy_columns(ds)), notes
 
 
-def evaluation_results(
-    metrics: dict[str, float], predictions: dict[str, np.ndarray], trained: TrainedModel
-) -> dict[str, Any]:
-    """The report of an evaluation, made as the run's final report is made."""
-    del predictions  # the run's report is its metrics
-    results = dict(metrics)
+def evaluation_results(predictions: dict[str, np.ndarray], trained: TrainedModel) -> dict[str, Any]:
+    """The report of an evaluation, made as the run's final report is made.
+
+    Args:
+      predictions: `jaxsent.training.loop.evaluate`'s per-example predictions.
+      trained: the model (its fitted temperature and best step go into the report).
+
+    Returns:
+      `jaxsent.evaluation.evaluation_report` with the run's temperature, plus ``best_step``.
+    """
+    results = evaluation.evaluation_report(
+        predictions["logits"],
+        predictions["labels"],
+        predictions["lengths"],
+        temperature=trained.settings.temperature,
+    )
     results["best_step"] = trained.best_step
     return results

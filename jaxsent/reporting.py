@@ -1,8 +1,9 @@
 """Evaluation artefacts: the per-example predictions file and the reliability diagram.
 
 Predictions are written as Parquet (one row per real example, columns ``example_id``,
-``label``, ``logit``, ``prob``, ``pred``): typed columns keep the float32 logits exact,
-and the file loads with pyarrow, pandas or ``datasets.load_dataset("parquet", ...)``.
+``label``, ``logit``, ``prob``, ``pred``, and ``length`` when given): typed columns keep the
+float32 logits exact, and the file loads with pyarrow, pandas or
+``datasets.load_dataset("parquet", ...)``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def save_predictions(
     example_ids: Sequence | np.ndarray,
     logits,
     labels,
+    lengths=None,
     where=None,
 ) -> str:
     """Writes one Parquet row per real example: id, label, logit, probability, prediction.
@@ -39,6 +41,7 @@ def save_predictions(
         its split.
       logits: ``[N]`` float logits of the positive class (stored as float32).
       labels: ``[N]`` 0/1 labels.
+      lengths: optional ``[N]`` token counts, stored as an int64 ``length`` column.
       where: optional ``[N]`` bool mask; only rows where it is True are written
         (padding rows of fixed-shape evaluation batches).
 
@@ -55,9 +58,14 @@ def save_predictions(
     ids = np.asarray(example_ids)
     logits = np.asarray(logits, dtype=np.float32)
     labels = np.asarray(labels)
+    extra = {}
+    if lengths is not None:
+        extra["length"] = np.asarray(lengths)
     if ids.ndim != 1:
         raise ValueError(f"`example_ids` must have shape [N], got shape {ids.shape}.")
-    for name, value in (("logits", logits), ("labels", labels)):
+    for name, value in (("logits", logits), ("labels", labels), ("lengths", extra.get("length"))):
+        if value is None:
+            continue
         if value.shape != ids.shape:
             raise ValueError(
                 f"`{name}` must have shape {ids.shape} like `example_ids`, got {value.shape}."
@@ -70,6 +78,7 @@ def save_predictions(
                 f"got {where.dtype} {where.shape}."
             )
         ids, logits, labels = ids[where], logits[where], labels[where]
+        extra = {k: v[where] for k, v in extra.items()}
     bad = labels[(labels != 0) & (labels != 1)]
     if bad.size:
         raise ValueError(f"`labels` must be 0 or 1, got {bad[0]!r}.")
@@ -85,6 +94,7 @@ def save_predictions(
             "logit": pa.array(logits),
             "prob": pa.array(prob),
             "pred": pa.array((logits > 0).astype(np.int64)),
+            **{k: pa.array(v.astype(np.int64)) for k, v in extra.items()},
         }
     )
     path = os.fspath(path)
@@ -94,14 +104,19 @@ def save_predictions(
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a file written by ``save_predictions`` into a dict of ``[N]`` numpy arrays."""
+    """Reads a file written by ``save_predictions`` into a dict of ``[N]`` numpy arrays.
+
+    Keys: the columns (``example_id``, ``label``, ``logit``, ``prob``, ``pred``, and ``length``
+    when the file has it).
+    """
     table = pq.read_table(os.fspath(path))
     missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(
             f"{os.fspath(path)!r} is not a predictions file: missing columns {missing}."
         )
-    return {name: table.column(name).to_numpy() for name in PREDICTION_COLUMNS}
+    names = [*PREDICTION_COLUMNS, *(["length"] if "length" in table.column_names else [])]
+    return {name: table.column(name).to_numpy() for name in names}
 
 
 def plot_reliability_diagram(

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from jaxsent.data import (
     clean_text,
+    encode_texts,
     load_raw,
     normalize_label,
     prepare,
@@ -274,3 +275,57 @@ def test_stratified_subset_bad_size():
 def test_splits_need_integer_labels():
     with pytest.raises(ValueError, match="must be integers"):
         stratified_subset(_ds(["a", "b"], ["pos", "neg"]), size=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def imdb_texts():
+    return load_raw("imdb", split="test").select(range(0, 25000, 125))["text"]  # 200 reviews
+
+
+def test_head_truncation_equals_the_tokenizers_own(tokenizer, imdb_texts):
+    enc = encode_texts(tokenizer, imdb_texts, max_length=128)
+    cleaned = [clean_text(t) for t in imdb_texts]
+    theirs = tokenizer(cleaned, truncation=True, max_length=128)["input_ids"]
+    assert enc.input_ids == theirs
+    np.testing.assert_array_equal(enc.lengths, [len(x) for x in theirs])
+    full = tokenizer(cleaned)["input_ids"]
+    np.testing.assert_array_equal(enc.truncated, [len(x) > 128 for x in full])
+    assert 0 < enc.truncated.sum() < len(imdb_texts)
+
+
+@pytest.mark.parametrize("head_fraction", [0.0, 0.25, 1.0])
+def test_head_tail_keeps_both_ends(tokenizer, imdb_texts, head_fraction):
+    max_length = 64
+    enc = encode_texts(
+        tokenizer,
+        imdb_texts,
+        max_length=max_length,
+        truncation="head_tail",
+        head_fraction=head_fraction,
+    )
+    full = tokenizer([clean_text(t) for t in imdb_texts])["input_ids"]
+    head = round(head_fraction * (max_length - 2))
+    tail = max_length - 2 - head
+    for ids, whole, cut in zip(enc.input_ids, full, enc.truncated, strict=True):
+        assert cut == (len(whole) > max_length)
+        if not cut:
+            assert ids == whole
+            continue
+        assert len(ids) == max_length
+        assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+        assert ids[1 : 1 + head] == whole[1 : 1 + head]
+        assert ids[1 + head : -1] == (whole[-1 - tail : -1] if tail else [])
+
+
+def test_head_tail_in_prepare_and_bad_arguments(tokenizer):
+    ds = _ds(["one two three four five six seven eight nine ten", "short"], [0, 1])
+    out = prepare(
+        ds, tokenizer, max_length=6, split_name="t", truncation="head_tail", head_fraction=0.5
+    )
+    first = tokenizer(ds["text"][0])["input_ids"]
+    assert out["input_ids"][0] == [first[0], *first[1:3], *first[-3:-1], first[-1]]
+    assert out["length"] == [6, 3]
+    with pytest.raises(ValueError, match="truncation must be one of"):
+        encode_texts(tokenizer, ["a"], max_length=8, truncation="tail")
+    with pytest.raises(ValueError, match="head_fraction must lie in"):
+        prepare(ds, tokenizer, max_length=8, split_name="t", head_fraction=1.5)

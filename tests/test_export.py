@@ -39,6 +39,8 @@ def _settings(temperature=None):
     return InferenceSettings(
         max_length=MAX_LENGTH,
         clean_markup=True,
+        truncation="head",
+        head_fraction=0.25,
         bucket_boundaries=(8, 16, MAX_LENGTH),
         batch_size=16,
         temperature=temperature,
@@ -184,6 +186,8 @@ def test_settings_are_checked():
         InferenceSettings(
             max_length=32,
             clean_markup=True,
+            truncation="head",
+            head_fraction=0.25,
             bucket_boundaries=(16, 24),
             batch_size=8,
             temperature=None,
@@ -192,6 +196,8 @@ def test_settings_are_checked():
         InferenceSettings(
             max_length=32,
             clean_markup=True,
+            truncation="head",
+            head_fraction=0.25,
             bucket_boundaries=(32,),
             batch_size=8,
             temperature=0.0,

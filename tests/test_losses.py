@@ -719,9 +719,12 @@ def test_registry_binds_hyperparameters(name):
             "label_smoothing_epsilon": 0.2,
             "stop_gradient_weights": True,
         },
+        "sentiment": {"confidence_weighting": True, "gamma_focal": 2.0},
     }[name]
     loss_fn = losses.get_loss(name, **hyper)
-    expected = ALL_LOSSES[name](logits, labels, lengths, where=where, **hyper)
+    expected = {**ALL_LOSSES, "sentiment": losses.sentiment_loss}[name](
+        logits, labels, lengths, where=where, **hyper
+    )
     assert float(jax.jit(loss_fn)(logits, labels, lengths, where=where)) == pytest.approx(
         float(expected), rel=1e-6
     )

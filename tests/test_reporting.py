@@ -46,9 +46,26 @@ def test_predictions_round_trip(tmp_path, eval_batch, string_ids):
     np.testing.assert_array_equal(got["pred"], (logits[where] > 0).astype(int))
 
 
+def test_predictions_keep_lengths(tmp_path, eval_batch):
+    ids, logits, labels, where = eval_batch
+    lengths = np.arange(len(ids)) * 7 + 3
+    path = reporting.save_predictions(
+        tmp_path / "p.parquet",
+        example_ids=ids,
+        logits=logits,
+        labels=labels,
+        lengths=lengths,
+        where=where,
+    )
+    got = reporting.read_predictions(path)
+    np.testing.assert_array_equal(got["length"], lengths[where])
+    assert got["length"].dtype == np.int64
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        (dict(example_ids=[1, 2], logits=[0.0, 1.0], labels=[0, 1], lengths=[3]), "`lengths`"),
         (dict(example_ids=[1, 1], logits=[0.0, 1.0], labels=[0, 1]), "`example_ids`.*1"),
         (dict(example_ids=[1, 2], logits=[0.0, 1.0], labels=[0, 2]), "`labels`.*2"),
         (dict(example_ids=[1, 2], logits=[0.0], labels=[0, 1]), "`logits`"),

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import common
+from train.cli import RESULT_KEYS, setup_process
 
 # Make `from configs import default` work in config files when run from the repository root.
 sys.path.insert(0, os.getcwd())
@@ -35,12 +35,10 @@ flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
-RESULT_KEYS = common.RESULT_KEYS
-
 
 def main(argv):
     del argv
-    common.setup()
+    setup_process()
     import jax
 
     if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:

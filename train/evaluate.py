@@ -12,13 +12,13 @@ run's fitted temperature): `eval_results.json`, `predictions.parquet` and `relia
 `--workdir` (default: `<run>/evaluations/<data>-<split>`).
 """
 
-import json
 import os
 import sys
+from pathlib import Path
 
 from absl import app, flags
 
-from train import common
+from train.cli import RESULT_KEYS, setup_process
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A training work directory or an export folder.")
@@ -60,7 +60,7 @@ def _print_results(results, directory: str) -> None:
         f"== {FLAGS.data} {results['split']} metrics ({results['n_examples']:,} examples, "
         f"{results['model']}) =="
     )
-    for key in common.RESULT_KEYS:
+    for key in RESULT_KEYS:
         print(f"{key:>10}: {results[key]:.4f}")
     for note in results["notes"]:
         print(f"NOTE: {note}")
@@ -70,9 +70,9 @@ def _print_results(results, directory: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    common.setup()
-    from jaxsent import reporting
+    setup_process()
     from jaxsent.inference import Scorer, evaluation_results, load_eval_split, load_trained
+    from jaxsent.training.loop import _write_report  # the run's own report writer
 
     try:
         trained = load_trained(FLAGS.model)
@@ -94,21 +94,12 @@ def main(argv):
             boundaries=trained.settings.bucket_boundaries,
             pad_id=trained.tokenizer.pad_token_id or 0,
         )
-        metrics, predictions = scorer.evaluate(split)
+        _, predictions = scorer.evaluate(split)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, ConnectionError) as err:
         sys.exit(f"error: {err}")
-    results = evaluation_results(metrics, predictions, trained)
+    results = evaluation_results(predictions, trained)
     results.update(split=FLAGS.split, data=FLAGS.data, model=trained.describe(), notes=notes)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "eval_results.json"), "w", encoding="utf-8") as f:
-        f.write(json.dumps(results, indent=2) + "\n")
-    reporting.save_predictions(os.path.join(directory, "predictions.parquet"), **predictions)
-    reporting.plot_reliability_diagram(
-        predictions["logits"],
-        predictions["labels"],
-        os.path.join(directory, "reliability.png"),
-        title=f"{FLAGS.data} {FLAGS.split}",
-    )
+    _write_report(Path(directory), results, predictions, title=f"{FLAGS.data} {FLAGS.split}")
     _print_results(results, directory)
 
 

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from train import common
+from train.cli import setup_process
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A training work directory or an export folder.")
@@ -146,7 +146,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _check_flags()
-    common.setup()
+    setup_process()
     from jaxsent.inference import Predictor, load_trained
 
     try:

@@ -28,6 +28,7 @@ from jaxsent.data.batching import (
 )
 from jaxsent.data.labels import LABEL_NAMES, normalize_label
 from jaxsent.data.preprocess import (
+    TRUNCATION_MODES,
     BadRow,
     Encoded,
     PrepareReport,
@@ -46,6 +47,7 @@ __all__ = [
     "BadRow",
     "BatchSpec",
     "DATA_DIR_ENV",
+    "TRUNCATION_MODES",
     "Encoded",
     "KNOWN_DATASETS",
     "KnownDataset",

@@ -5,7 +5,14 @@ Losses (scalar, mean over the real rows):
 * :func:`sentiment_weighted_loss` — BCE x normalised confidence x length weights;
 * :func:`sentiment_focal_loss` — smoothed BCE x focal modulator x the same weights;
 * :func:`bce_loss` — plain mean sigmoid BCE, the baseline;
-* :func:`get_loss` — one of the three by name ('bce', 'weighted', 'focal').
+* :func:`sentiment_loss` — BCE plus any of the seed's terms, each one switchable;
+* :func:`get_loss` — one of the four by name ('bce', 'weighted', 'focal', 'sentiment');
+  :func:`loss_hyperparameters` lists what each accepts, :func:`loss_from_fields` builds
+  one from a ``config.loss``-like mapping.
+
+Presets: :data:`LOSS_PRESETS` (name -> complete ``config.loss`` fields; the table of
+which hypothesis each isolates is in its module, ``jaxsent.losses._presets``) and
+:func:`get_loss_preset`.
 
 Per-example building blocks: :func:`sigmoid_binary_cross_entropy`,
 :func:`smooth_binary_labels`, :func:`focal_modulator`, :func:`confidence_weights`,
@@ -20,8 +27,19 @@ fail at trace time; bad values raise ``ValueError`` on concrete inputs, and unde
     err.throw()
 """
 
-from jaxsent.losses._registry import LOSS_NAMES, get_loss
-from jaxsent.losses._sentiment import bce_loss, sentiment_focal_loss, sentiment_weighted_loss
+from jaxsent.losses._presets import LOSS_PRESETS, get_loss_preset
+from jaxsent.losses._registry import (
+    LOSS_NAMES,
+    get_loss,
+    loss_from_fields,
+    loss_hyperparameters,
+)
+from jaxsent.losses._sentiment import (
+    bce_loss,
+    sentiment_focal_loss,
+    sentiment_loss,
+    sentiment_weighted_loss,
+)
 from jaxsent.losses._terms import (
     STABILIZER,
     confidence_weights,
@@ -35,15 +53,20 @@ from jaxsent.losses._validation import check_loss_inputs
 
 __all__ = (
     "LOSS_NAMES",
+    "LOSS_PRESETS",
     "STABILIZER",
     "bce_loss",
     "check_loss_inputs",
     "confidence_weights",
     "focal_modulator",
     "get_loss",
+    "get_loss_preset",
     "length_weights",
+    "loss_from_fields",
+    "loss_hyperparameters",
     "normalize_weights",
     "sentiment_focal_loss",
+    "sentiment_loss",
     "sentiment_weighted_loss",
     "sigmoid_binary_cross_entropy",
     "smooth_binary_labels",

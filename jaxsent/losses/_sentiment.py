@@ -1,4 +1,5 @@
-"""The seed's two sentiment losses, and the plain BCE baseline, as pure JAX functions.
+"""The seed's two sentiment losses, the plain BCE baseline, and the composable loss with
+every term of the seed's switchable, as pure JAX functions.
 
 Shared conventions:
 
@@ -15,6 +16,9 @@ Shared conventions:
 """
 
 from __future__ import annotations
+
+import functools
+import operator
 
 import chex
 import jax
@@ -69,11 +73,21 @@ def _mean_with_normalized_weights(values, weights, where, stop_gradient_weights)
     return jnp.sum(values * weights) * scale / count
 
 
-def _combined_weights(x, n, where, min_length_weight):
-    """Confidence x length weights (the seed's ``external_weights``, unnormalised)."""
-    return _terms.confidence_weights(x) * _terms.length_weights(
-        n, min_length_weight=min_length_weight, where=where
-    )
+def _combined_weights(x, n, where, min_length_weight, *, confidence=True, length=True):
+    """The product of the enabled weights, unnormalised; None if none is enabled.
+
+    Both enabled (the default): confidence x length, the seed's ``external_weights``.
+    """
+    factors = []
+    if confidence:
+        factors.append(_terms.confidence_weights(x))
+    if length:
+        factors.append(_terms.length_weights(n, min_length_weight=min_length_weight, where=where))
+    return functools.reduce(operator.mul, factors) if factors else None
+
+
+def _is_static_zero(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
 def bce_loss(
@@ -247,3 +261,126 @@ def sentiment_focal_loss(
         where,
         stop_gradient_weights,
     )
+
+
+def sentiment_loss(
+    logits: chex.Array,
+    labels: chex.Array,
+    lengths: chex.Array | None = None,
+    *,
+    length_weighting: bool = False,
+    confidence_weighting: bool = False,
+    label_smoothing_epsilon: chex.Numeric = 0.0,
+    gamma_focal: chex.Numeric = 0.0,
+    min_length_weight: chex.Numeric = 0.1,
+    stop_gradient_weights: bool = False,
+    where: chex.Array | None = None,
+) -> chex.Array:
+    r"""The seed's losses with every term switchable: BCE plus the terms that are enabled.
+
+    .. math::
+      L = \frac{1}{B} \sum_i f_i \, \ell'_i \, \frac{w_i}{\bar w + 10^{-8}}, \qquad
+      w_i = \prod_{\text{enabled}} \bigl\{\, |\tanh(x_i/2)|, \;
+            \mathrm{clip}\bigl(\sqrt{L_i / L_{\max}}, m, 1\bigr) \,\bigr\},
+
+    with :math:`\ell'_i` the sigmoid BCE against the smoothed label
+    (:func:`smooth_binary_labels`, ``label_smoothing_epsilon``), :math:`f_i` the
+    :func:`focal_modulator` (``gamma_focal``; 1 when it is 0), and :math:`w_i` the product
+    of :func:`confidence_weights` (``confidence_weighting``) and :func:`length_weights`
+    (``length_weighting``), normalised by their batch mean exactly as the seed does
+    (:func:`normalize_weights`). With neither weight enabled the loss is the plain mean
+    :math:`\frac{1}{B} \sum_i f_i \ell'_i` over the real rows. ``stop_gradient_weights``
+    treats the modulator and the weights as constants.
+
+    The defaults are each term's neutral value, so the defaults give :func:`bce_loss` and
+    every enabled term shows at the call site. The seed's losses are special cases, equal
+    bit for bit, value and gradient (the same terms are computed in the same order):
+
+    * the defaults: :func:`bce_loss`;
+    * ``length_weighting=True, confidence_weighting=True``:
+      :func:`sentiment_weighted_loss`;
+    * the same and ``gamma_focal``, ``label_smoothing_epsilon`` (not both 0):
+      :func:`sentiment_focal_loss` with those values.
+
+    ``lengths`` is read only with ``length_weighting=True`` (otherwise ignored, as by
+    :func:`bce_loss`). Conventions (``where``, dtypes, validation, empty batch -> 0) are
+    those of :func:`sentiment_focal_loss`.
+
+    >>> import jax.numpy as jnp
+    >>> x, y, n = jnp.array([2.0, -1.0, 0.5]), jnp.array([1, 1, 0]), jnp.array([100, 25, 4])
+    >>> sentiment_loss(x, y)  # plain BCE
+    Array(0.8047555, dtype=float32)
+    >>> sentiment_loss(x, y, n, length_weighting=True)  # one term: the length weights
+    Array(0.57551426, dtype=float32)
+    >>> sentiment_loss(x, y, n, length_weighting=True, confidence_weighting=True)
+    Array(0.4299215, dtype=float32)
+    >>> sentiment_loss(x, y, gamma_focal=-0.5)  # reversed focal, no weights
+    Array(0.46622995, dtype=float32)
+
+    Args:
+      logits: floating logits [B] or [B, 1]; finite on real rows.
+      labels: hard labels [B] (bool, int or float 0/1).
+      lengths: token counts [B] (int or float, >= 0); required if ``length_weighting``.
+      length_weighting: multiply the weights by :func:`length_weights`.
+      confidence_weighting: multiply the weights by :func:`confidence_weights`.
+      label_smoothing_epsilon: binary label smoothing, in [0, 1); 0 means none.
+      gamma_focal: focal exponent; > 0 standard, < 0 reversed, 0 none.
+      min_length_weight: lower clamp of the length weight, in [0, 1] (used only with
+        ``length_weighting``, checked always).
+      stop_gradient_weights: if True, no gradient flows through the modulator and the
+        weights.
+      where: optional bool [B]; True marks the real rows.
+
+    Returns:
+      Scalar loss (float32, or float64 for float64 logits); 0.0 if no row is real.
+
+    Raises:
+      AssertionError, TypeError: wrong shape or dtype (at trace time), or a switch that is
+        not a Python bool.
+      ValueError: ``length_weighting=True`` without ``lengths``, or invalid concrete
+        values; see :func:`check_loss_inputs`.
+    """
+    # The switches first: they decide which inputs are read.
+    _validation.check_hyperparameters(
+        length_weighting=length_weighting, confidence_weighting=confidence_weighting
+    )
+    if not length_weighting:
+        lengths = None
+    elif lengths is None:
+        raise ValueError("lengths is required with length_weighting=True, got lengths=None")
+    _validation.check_loss_inputs(
+        logits,
+        labels,
+        lengths,
+        where=where,
+        gamma_focal=gamma_focal,
+        label_smoothing_epsilon=label_smoothing_epsilon,
+        min_length_weight=min_length_weight,
+        stop_gradient_weights=stop_gradient_weights,
+        length_weighting=length_weighting,
+        confidence_weighting=confidence_weighting,
+    )
+    x, y, n, where = _prepare(logits, labels, lengths, where)
+    # The per-example term each seed loss computes for the same setting: the plain BCE of
+    # bce_loss and sentiment_weighted_loss, or sentiment_focal_loss's fused modulated BCE.
+    if _is_static_zero(gamma_focal) and _is_static_zero(label_smoothing_epsilon):
+        per_example = _terms.sigmoid_binary_cross_entropy(x, y)
+    else:
+        per_example = _terms.focal_smoothed_bce(
+            x,
+            y,
+            gamma=gamma_focal,
+            epsilon=label_smoothing_epsilon,
+            detach_modulator=stop_gradient_weights,
+        )
+    weights = _combined_weights(
+        x,
+        n,
+        where,
+        min_length_weight,
+        confidence=confidence_weighting,
+        length=length_weighting,
+    )
+    if weights is None:
+        return _mean_over_real_rows(per_example, where)
+    return _mean_with_normalized_weights(per_example, weights, where, stop_gradient_weights)

@@ -145,12 +145,22 @@ def _check_scalar(name, value, ok, requirement):
         raise ValueError(f"{name} {requirement}; got {value!r}")
 
 
+def _check_static_bool(name, value):
+    """A switch that selects the traced program must be a Python (or NumPy) bool."""
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{name} must be a Python bool (it selects the traced program), got {value!r}"
+        )
+
+
 def check_hyperparameters(
     *,
     gamma_focal: Any = None,
     label_smoothing_epsilon: Any = None,
     min_length_weight: Any = None,
     stop_gradient_weights: Any = None,
+    length_weighting: Any = None,
+    confidence_weighting: Any = None,
 ) -> None:
     """Checks the loss hyperparameters that are given (None means "not checked").
 
@@ -159,10 +169,13 @@ def check_hyperparameters(
       label_smoothing_epsilon: a number in [0, 1).
       min_length_weight: a number in [0, 1].
       stop_gradient_weights: a Python bool (it selects the traced program).
+      length_weighting: a Python bool (it selects the traced program).
+      confidence_weighting: a Python bool (it selects the traced program).
 
     Raises:
       ValueError: a concrete value is out of range; the message names it.
-      TypeError: ``stop_gradient_weights`` is not a Python bool.
+      TypeError: a switch (``stop_gradient_weights``, ``length_weighting``,
+        ``confidence_weighting``) is not a Python bool.
     """
     if gamma_focal is not None:
         _check_scalar(
@@ -182,13 +195,9 @@ def check_hyperparameters(
             lambda xnp, m: (m >= 0) & (m <= 1),
             "must be in [0, 1]",
         )
-    if stop_gradient_weights is not None and not isinstance(
-        stop_gradient_weights, (bool, np.bool_)
-    ):
-        raise TypeError(
-            "stop_gradient_weights must be a Python bool (it selects the traced "
-            f"program), got {stop_gradient_weights!r}"
-        )
+    _check_static_bool("stop_gradient_weights", stop_gradient_weights)
+    _check_static_bool("length_weighting", length_weighting)
+    _check_static_bool("confidence_weighting", confidence_weighting)
 
 
 def check_loss_inputs(
@@ -201,6 +210,8 @@ def check_loss_inputs(
     label_smoothing_epsilon: Any = None,
     min_length_weight: Any = None,
     stop_gradient_weights: Any = None,
+    length_weighting: Any = None,
+    confidence_weighting: Any = None,
 ) -> None:
     """Validates the inputs of the sentiment losses.
 
@@ -231,10 +242,13 @@ def check_loss_inputs(
       label_smoothing_epsilon: optional hyperparameter to check (in [0, 1)).
       min_length_weight: optional hyperparameter to check (in [0, 1]).
       stop_gradient_weights: optional hyperparameter to check (Python bool).
+      length_weighting: optional switch to check (Python bool).
+      confidence_weighting: optional switch to check (Python bool).
 
     Raises:
       AssertionError: a rank or shape is wrong (chex; the message names the argument).
-      TypeError: a dtype is wrong (the message names the argument and the dtype).
+      TypeError: a dtype is wrong (the message names the argument and the dtype), or a
+        switch is not a Python bool.
       ValueError: a concrete value is invalid (the message names the argument, the value
         and its index).
     """
@@ -244,6 +258,8 @@ def check_loss_inputs(
         label_smoothing_epsilon=label_smoothing_epsilon,
         min_length_weight=min_length_weight,
         stop_gradient_weights=stop_gradient_weights,
+        length_weighting=length_weighting,
+        confidence_weighting=confidence_weighting,
     )
     if not jnp.issubdtype(jnp.result_type(labels), jnp.bool_):
         _check_array_values(

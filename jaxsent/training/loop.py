@@ -25,8 +25,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from jaxsent import calibration, evaluation, losses, metrics, reporting, sharding
 from jaxsent import data as data_lib
-from jaxsent import losses, metrics, reporting, sharding
 from jaxsent.export import export_run
 from jaxsent.models import SentimentClassifier, load_tokenizer
 from jaxsent.training.checkpointing import Checkpoints
@@ -46,6 +46,8 @@ RESUME_KEYS = (
     "data.validation_size",
     "data.train_size",
     "data.max_length",
+    "data.truncation",
+    "data.head_fraction",
     "model.name",
     "model.pooling",
     "train.global_batch_size",
@@ -77,13 +79,8 @@ def resume_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def loss_from_config(config: ml_collections.ConfigDict):
-    hyper = dict(config.loss)
-    name = hyper.pop("name")
-    if name == "bce":
-        hyper = {}
-    elif name == "weighted":
-        hyper = {k: hyper[k] for k in ("min_length_weight", "stop_gradient_weights")}
-    return losses.get_loss(name, **hyper)
+    """The loss ``config.loss.name`` with the ``config.loss`` fields it accepts bound."""
+    return losses.loss_from_fields(config.loss)
 
 
 def load_splits(
@@ -110,6 +107,8 @@ def load_splits(
             split_name=split_name,
             clean_markup=dc.clean_markup,
             on_bad_rows=dc.on_bad_rows,
+            truncation=dc.truncation,
+            head_fraction=dc.head_fraction,
         )
 
     train_all = prepare(raw_train, dc.train_split)
@@ -126,10 +125,40 @@ def load_splits(
     evaluation = prepare(raw_eval, dc.eval_split)
     full_sizes["eval"] = len(evaluation)
     if dc.eval_size and dc.eval_size < len(evaluation):
-        evaluation = data_lib.stratified_subset(evaluation, size=dc.eval_size, seed=config.seed)
+        # One sample for every training seed: seeds and loss variants are compared on the same
+        # examples.
+        evaluation = data_lib.stratified_subset(
+            evaluation, size=dc.eval_size, seed=dc.eval_sample_seed
+        )
     splits = {"train": train, "validation": validation, "eval": evaluation}
+    for key, (name, split) in parse_extra_evals(dc.extra_evals).items():
+        raw = data_lib.load_raw(name, split=split, data_dir=dc.data_dir or None)
+        splits[key] = prepare(raw, f"{name}:{split}")
     splits = {name: Split(name, ds, data_lib.to_numpy_columns(ds)) for name, ds in splits.items()}
     return splits, full_sizes
+
+
+def parse_extra_evals(spec: str) -> dict[str, tuple[str, str]]:
+    """Parses `data.extra_evals`: ``"rotten_tomatoes:all,imdb"`` -> ``{key: (name, split)}``.
+
+    Each comma-separated entry is a data set `load_raw` accepts and, after the last ``:``, one of
+    its splits (``test`` when omitted); the key is ``name:split``.
+    """
+    entries = {}
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        name, _, split = entry.rpartition(":")
+        if not name or "/" in split:  # no split given ('imdb', 'gs://bucket/folder')
+            name, split = entry, "test"
+        if not split:
+            raise ValueError(
+                f"data.extra_evals entry {entry!r} must be 'name_or_path[:split]' (in {spec!r})"
+            )
+        if f"{name}:{split}" in entries:
+            raise ValueError(f"data.extra_evals names {name}:{split} twice (in {spec!r})")
+        entries[f"{name}:{split}"] = (name, split)
+    return entries
 
 
 _jit_metrics = jax.jit(metrics.binary_classification_metrics, static_argnames="num_bins")
@@ -202,8 +231,13 @@ def evaluate(
     values = _jit_metrics(jnp.asarray(logits), jnp.asarray(labels), num_bins=num_bins)
     values = {k: float(v) for k, v in values.items()}
     values["n_examples"] = int(values["n_examples"])
-    example_ids = split.arrays.example_ids[ids]
-    return values, {"example_ids": example_ids, "logits": logits, "labels": labels}
+    predictions = {
+        "example_ids": split.arrays.example_ids[ids],
+        "logits": logits,
+        "labels": labels,
+        "lengths": split.arrays.lengths[ids],
+    }
+    return values, predictions
 
 
 def _describe_subsets(config, splits: dict[str, Split], full_sizes: dict[str, int]) -> list[str]:
@@ -521,33 +555,91 @@ def train_steps(run: Run, start_step: int, stop: StopSignals) -> None:
     run.ckpts.wait()
 
 
-def evaluate_best(run: Run) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Restore the best checkpoint and report on the eval split (touched only here)."""
+FinalReports = dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]
+
+
+def evaluate_best(run: Run) -> FinalReports:
+    """The final reports, from the best checkpoint: the eval split and every extra evaluation set.
+
+    A temperature is fitted on the validation split's logits (Guo et al. 2017) and every report
+    carries the temperature-scaled calibration metrics beside the raw ones. The eval split is
+    touched only here.
+
+    Returns:
+      ``{"eval": (results, predictions), "<name>:<split>": (results, predictions), ...}``.
+    """
     run.state, best_meta = run.ckpts.restore_best(run.state)
-    results, predictions = run.evaluate(run.splits["eval"])
-    results["best_step"] = int(best_meta["step"])
-    results["split"] = run.config.data.eval_split
-    results["notes"] = _describe_subsets(run.config, run.splits, run.full_sizes)
-    return results, predictions
+    _, validation = run.evaluate(run.splits["validation"])
+    temperature = float(calibration.fit_temperature(validation["logits"], validation["labels"]))
+    reports = {}
+    extra = [key for key in run.splits if key not in ("train", "validation")]
+    for key in extra:
+        _, predictions = run.evaluate(run.splits[key])
+        results = evaluation.evaluation_report(
+            predictions["logits"],
+            predictions["labels"],
+            predictions["lengths"],
+            temperature=temperature,
+        )
+        results["best_step"] = int(best_meta["step"])
+        results["split"] = run.config.data.eval_split if key == "eval" else key
+        reports[key] = (results, predictions)
+    reports["eval"][0]["notes"] = _describe_subsets(run.config, run.splits, run.full_sizes)
+    return reports
 
 
-def write_final_outputs(
-    run: Run, results: dict[str, Any], predictions: dict[str, np.ndarray]
+def extra_eval_dir(key: str) -> str:
+    """The subfolder of `extra_evals/` for the extra evaluation set `key` ('name:split')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key.replace(":", "-"))
+
+
+def _write_report(
+    directory: Path, results: dict[str, Any], predictions: dict[str, np.ndarray], title: str
 ) -> None:
-    """`eval_results.json`, `predictions.parquet` and `reliability.png` (process 0 only)."""
-    run.writer.write(run.total_steps, "final_eval", results)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    reporting.save_predictions(directory / "predictions.parquet", **predictions)
+    reporting.plot_reliability_diagram(
+        predictions["logits"], predictions["labels"], directory / "reliability.png", title=title
+    )
+
+
+def write_final_outputs(run: Run, reports: FinalReports) -> dict[str, Any]:
+    """`eval_results.json`, `predictions.parquet`, `reliability.png` (process 0 only).
+
+    The eval split's go in the work directory, each extra evaluation set's in
+    `extra_evals/<name>-<split>/`; the top-level `eval_results.json` also lists every extra set's
+    metrics under `extra_evals`. Returns the top-level results.
+    """
+    results, predictions = reports["eval"]
+    results = dict(results)
+    extra = {key: report for key, report in reports.items() if key != "eval"}
+    if extra:
+        results["extra_evals"] = {key: report[0] for key, report in extra.items()}
+    run.writer.write(run.total_steps, "final_eval", _scalars(results))
     export_run(run, results)
     if not run.is_main:
-        return
-    config = run.config
-    (run.workdir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    reporting.save_predictions(run.workdir / "predictions.parquet", **predictions)
-    reporting.plot_reliability_diagram(
-        predictions["logits"],
-        predictions["labels"],
-        run.workdir / "reliability.png",
-        title=f"{config.data.name} {config.data.eval_split} ({config.loss.name} loss)",
+        return results
+    loss = f"{run.config.loss.name} loss"
+    for key, (extra_results, extra_predictions) in extra.items():
+        _write_report(
+            run.workdir / "extra_evals" / extra_eval_dir(key),
+            extra_results,
+            extra_predictions,
+            title=f"{key} ({loss})",
+        )
+    _write_report(
+        run.workdir,
+        results,
+        predictions,
+        title=f"{run.config.data.name} {run.config.data.eval_split} ({loss})",
     )
+    return results
+
+
+def _scalars(results: dict[str, Any]) -> dict[str, Any]:
+    """The flat numeric entries of a report (what metrics.jsonl and TensorBoard take)."""
+    return {k: v for k, v in results.items() if isinstance(v, (int, float))}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -561,8 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     with jax.set_mesh(mesh), StopSignals() as stop:
         try:
             train_steps(run, resume(run), stop)
-            results, predictions = evaluate_best(run)
-            write_final_outputs(run, results, predictions)
+            results = write_final_outputs(run, evaluate_best(run))
         finally:
             run.ckpts.close()
             run.writer.close()

@@ -1,0 +1,238 @@
+"""A study's summary as files: summary.json, summary.csv, report.md and PNG figures."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from etils import epath
+from matplotlib.figure import Figure
+
+from jaxsent import metrics
+from jaxsent.study.summary import _predictions, write_csv
+
+TABLE_METRICS = (
+    "accuracy",
+    "f1",
+    "auroc",
+    "nll",
+    "brier",
+    "ece",
+    "nll_ts",
+    "ece_ts",
+    "temperature",
+)
+FIGURE_METRICS = ("accuracy", "nll", "brier", "ece", "nll_ts", "ece_ts")
+
+
+def _save(fig: Figure, path: epath.Path) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    path.write_bytes(buffer.getvalue())
+    return path.name
+
+
+def _prefix(eval_set: str) -> str:
+    return "" if eval_set == "eval" else f"{eval_set}/"
+
+
+def plot_metric_intervals(summary: dict[str, Any], path: epath.Path, *, eval_set: str) -> str:
+    """Each metric per variant: every seed as a dot, the mean and its 95% t-interval as a bar."""
+    variants = list(summary["variants"])
+    fig = Figure(
+        figsize=(3.2 * len(FIGURE_METRICS), 0.45 * len(variants) + 1.6), layout="constrained"
+    )
+    axes = fig.subplots(1, len(FIGURE_METRICS), sharey=True)
+    for ax, metric in zip(axes, FIGURE_METRICS, strict=True):
+        key = _prefix(eval_set) + metric
+        for y, variant in enumerate(variants):
+            seeds = [r[key] for r in summary["runs"] if r["variant"] == variant and key in r]
+            ax.plot(seeds, [y] * len(seeds), "o", color="0.6", markersize=4)
+            interval = summary["variants"][variant].get(key)
+            if interval and np.isfinite(interval["ci_low"]):
+                ax.errorbar(
+                    interval["mean"],
+                    y,
+                    xerr=[
+                        [interval["mean"] - interval["ci_low"]],
+                        [interval["ci_high"] - interval["mean"]],
+                    ],
+                    fmt="D",
+                    color="C0",
+                    capsize=3,
+                )
+            elif interval:
+                ax.plot(interval["mean"], y, "D", color="C0")
+        ax.set_title(metric)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(variants)), variants)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{eval_set}: seeds (grey), mean and 95% t-interval (blue)")
+    return _save(fig, path)
+
+
+def plot_reliability_overlay(
+    runs, variants: Sequence[str], path: epath.Path, *, eval_set: str, num_bins: int = 15
+) -> str:
+    """Reliability curves of every variant (seeds pooled) on one diagram."""
+    fig = Figure(figsize=(5.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0.5, 1], [0.5, 1], "k--", linewidth=1, label="perfect calibration")
+    for i, variant in enumerate(variants):
+        mine = [r for r in runs if r.variant == variant and r.done]
+        if not mine:
+            continue
+        logits = np.concatenate([_predictions(r, eval_set)[1] for r in mine])
+        labels = np.concatenate([_predictions(r, eval_set)[2] for r in mine])
+        confidence, outcome = metrics.calibration_inputs(logits, labels)
+        bins = metrics.reliability_bins(confidence, outcome, num_bins=num_bins)
+        count, conf, acc = (np.asarray(x) for x in bins[:3])
+        filled = count > 0
+        ece = float(metrics.expected_calibration_error(logits, labels, num_bins=num_bins))
+        ax.plot(
+            conf[filled],
+            acc[filled],
+            "o-",
+            color=f"C{i % 10}",
+            markersize=3,
+            label=f"{variant} (ECE {ece:.3f})",
+        )
+    ax.set_xlim(0.5, 1.0)
+    ax.set_xlabel("confidence max(p, 1 - p)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{eval_set}: reliability, seeds pooled")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_length_strata(
+    summary: dict[str, Any], path: epath.Path, *, metric: str = "accuracy"
+) -> str:
+    """`metric` per length quartile of the eval split, mean over seeds, one line per variant."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    strata = sorted(
+        {
+            int(k.split("/")[0][len("length_q") :])
+            for r in summary["runs"]
+            for k in r
+            if k.startswith("length_q")
+        }
+    )
+    for i, (variant, values) in enumerate(summary["variants"].items()):
+        means = [values.get(f"length_q{k}/{metric}", {}).get("mean", np.nan) for k in strata]
+        ax.plot(strata, means, "o-", color=f"C{i % 10}", label=variant)
+    ax.set_xticks(strata, [f"Q{k}" for k in strata])
+    ax.set_xlabel("length quartile of the evaluation examples (Q1 shortest)")
+    ax.set_ylabel(f"{metric} (mean over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _interval_cell(values: dict[str, Any] | None, metric: str) -> str:
+    if not values:
+        return ""
+    scale, digits = (100, 2) if metric == "accuracy" else (1, 4)
+    mean = values["mean"] * scale
+    if not np.isfinite(values["ci_low"]):
+        return f"{mean:.{digits}f}"
+    half = (values["ci_high"] - values["ci_low"]) / 2 * scale
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def markdown_report(
+    summary: dict[str, Any], *, eval_sets: Sequence[str], figures: dict[str, str], command: str
+) -> str:
+    """report.md: what ran, per-variant tables, paired comparisons, verdicts, figures."""
+    lines = ["# Loss study", "", f"Command: `{command}`", ""]
+    study = summary.get("study", {})
+    if study:
+        lines += ["```json", json.dumps(study, indent=2, default=str), "```", ""]
+    lines += ["## Verdicts", ""]
+    lines += [f"- {v['text']}" for v in summary["verdicts"]] or [
+        "- (no hypothesis has both variants yet)"
+    ]
+    for eval_set in eval_sets:
+        prefix = _prefix(eval_set)
+        lines += ["", f"## {eval_set}: mean ± half-width of the 95% t-interval across seeds", ""]
+        lines += ["| variant | seeds | " + " | ".join(TABLE_METRICS) + " |"]
+        lines += ["|---|---|" + "---|" * len(TABLE_METRICS)]
+        for variant, values in summary["variants"].items():
+            cells = [_interval_cell(values.get(prefix + m), m) for m in TABLE_METRICS]
+            lines += [f"| {variant} | {values['n_seeds']} | " + " | ".join(cells) + " |"]
+        lines += [
+            "",
+            "Accuracy in %. `*_ts`: after temperature scaling (fitted on each run's validation "
+            "split).",
+            "",
+        ]
+        rows = [c for c in summary["comparisons"] if c["eval_set"] == eval_set]
+        if rows:
+            lines += [
+                f"### {eval_set}: paired bootstrap against the baseline (variant minus baseline)",
+                "",
+            ]
+            lines += [
+                "| variant | baseline | metric | seeds | difference | 95% interval | p |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for c in rows:
+                scale = 100 if c["metric"] == "accuracy" else 1
+                d, lo, hi = (c[k] * scale for k in ("difference", "ci_low", "ci_high"))
+                lines += [
+                    f"| {c['variant']} | {c['baseline']} | {c['metric']} | {c['n_seeds']} | "
+                    f"{d:+.4f} | [{lo:+.4f}, {hi:+.4f}] | {c['p_value']:.3f} |"
+                ]
+        for name in (f"metrics_{eval_set}", f"reliability_{eval_set}"):
+            if name in figures:
+                lines += ["", f"![{name}]({figures[name]})"]
+    if "length_strata" in figures:
+        lines += [
+            "",
+            "## Accuracy by length quartile (eval split)",
+            "",
+            f"![length strata]({figures['length_strata']})",
+        ]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "Every run's metrics are in `summary.csv` / `summary.json`; each run folder holds its "
+        "config, metrics.jsonl, eval_results.json, predictions and reliability diagram.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    summary: dict[str, Any], runs, workdir: epath.Path, *, eval_sets: Sequence[str], command: str
+) -> None:
+    """Writes summary.json, summary.csv, the figures and report.md into `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_csv(summary["runs"], workdir / "summary.csv")
+    figures: dict[str, str] = {}
+    if summary["runs"]:
+        variants = list(summary["variants"])
+        for eval_set in eval_sets:
+            figures[f"metrics_{eval_set}"] = plot_metric_intervals(
+                summary, workdir / f"metrics_{_file_part(eval_set)}.png", eval_set=eval_set
+            )
+            figures[f"reliability_{eval_set}"] = plot_reliability_overlay(
+                runs,
+                variants,
+                workdir / f"reliability_{_file_part(eval_set)}.png",
+                eval_set=eval_set,
+            )
+        figures["length_strata"] = plot_length_strata(summary, workdir / "length_strata.png")
+    (workdir / "report.md").write_text(
+        markdown_report(summary, eval_sets=eval_sets, figures=figures, command=command)
+    )
+
+
+def _file_part(eval_set: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in eval_set)

@@ -1,0 +1,242 @@
+"""A finished (or partly finished) study as numbers: per-run rows, per-variant intervals across
+seeds, paired comparisons against the baseline on the same evaluation examples, and verdicts.
+
+Everything here reads the run folders the runner wrote and computes; nothing trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+from jaxsent import reporting, stats
+from jaxsent.study.runner import RESULTS_FILE, PlannedRun
+from jaxsent.training.loop import extra_eval_dir
+
+# Metrics compared between variants (the temperature-scaled ones divide each run's logits by the
+# temperature that run fitted on its own validation split).
+COMPARED_METRICS = ("accuracy", "nll", "brier", "ece", "nll_ts", "ece_ts")
+HIGHER_IS_BETTER = {"accuracy": True}
+
+# The seed's hypotheses: (what is tested, variant, the variant it differs from by that term).
+HYPOTHESES = (
+    ("length weighting", "length_only", "bce"),
+    ("confidence weighting", "confidence_only", "bce"),
+    ("label smoothing", "bce_ls", "bce"),
+    ("reversed focal modulator", "reversed_focal", "bce"),
+    ("focal modulator (gamma = 2)", "focal_gamma2", "bce"),
+    ("the seed's weighted loss (length x confidence)", "weighted", "bce"),
+    ("the seed's focal loss (every term combined)", "focal_seed", "bce"),
+    ("stop-gradient through the weights", "weighted_stopgrad", "weighted"),
+)
+
+
+def flatten_results(results: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics of an `eval_results.json`, flat: extra evaluation sets as
+    ``"<name>:<split>/<metric>"`` and length strata as ``"length_q<k>/<metric>"``."""
+    flat = {k: v for k, v in results.items() if _is_number(v)}
+    for k, stratum in enumerate(results.get("length_strata", {}).get("strata", []), start=1):
+        flat.update({f"length_q{k}/{m}": v for m, v in stratum.items() if _is_number(v)})
+    for key, extra in results.get("extra_evals", {}).items():
+        flat.update({f"{key}/{m}": v for m, v in flatten_results(extra).items()})
+    return flat
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_results(run: PlannedRun) -> dict[str, Any]:
+    return json.loads((run.workdir / RESULTS_FILE).read_text())
+
+
+def run_rows(runs: Iterable[PlannedRun]) -> list[dict[str, Any]]:
+    """One row per finished run: variant, seed, work directory and every scalar metric."""
+    return [
+        {"variant": run.variant, "seed": run.seed, "workdir": str(run.workdir)}
+        | flatten_results(read_results(run))
+        for run in runs
+        if run.done
+    ]
+
+
+def variant_intervals(rows: Sequence[dict[str, Any]], *, confidence: float = 0.95):
+    """Per variant: ``n_seeds`` and, per metric, the mean and t-interval across seeds."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        summary: dict[str, Any] = {"n_seeds": len(mine)}
+        for metric in mine[0]:
+            if metric in ("variant", "seed", "workdir"):
+                continue
+            values = [r.get(metric) for r in mine]
+            if any(v is None or not math.isfinite(v) for v in values):
+                continue
+            mean, low, high = stats.t_interval(np.asarray(values, float), confidence=confidence)
+            summary[metric] = {"mean": float(mean), "ci_low": float(low), "ci_high": float(high)}
+        out[variant] = summary
+    return out
+
+
+def _predictions(run: PlannedRun, eval_set: str):
+    """(logits, labels, temperature) of `run` on `eval_set`, ordered by example id."""
+    if eval_set == "eval":
+        folder, results = run.workdir, read_results(run)
+    else:
+        folder = run.workdir / "extra_evals" / extra_eval_dir(eval_set)
+        results = json.loads((folder / RESULTS_FILE).read_text())
+    table = reporting.read_predictions(folder / "predictions.parquet")
+    order = np.argsort(table["example_id"], kind="stable")
+    return (
+        table["example_id"][order],
+        table["logit"][order],
+        table["label"][order],
+        results.get("temperature", 1.0),
+    )
+
+
+def compare(
+    runs: Sequence[PlannedRun],
+    variant: str,
+    baseline: str,
+    *,
+    eval_set: str = "eval",
+    metrics: Sequence[str] = COMPARED_METRICS,
+    num_resamples: int = 2000,
+) -> list[dict[str, Any]]:
+    """Paired bootstrap of `variant` minus `baseline` for each metric, over the seeds both have.
+
+    The pairs share a seed, hence the training data, its order, the validation split and the
+    evaluation examples; only the loss differs. Each bootstrap replicate resamples the evaluation
+    examples once for every seed (they are one test set; see `jaxsent.stats.paired_bootstrap`).
+    """
+    by_key = {(r.variant, r.seed): r for r in runs if r.done}
+    seeds = sorted(s for (v, s) in by_key if v == variant and (baseline, s) in by_key)
+    if not seeds:
+        return []
+    pairs = []
+    for seed in seeds:
+        ids_v, logits_v, labels_v, t_v = _predictions(by_key[variant, seed], eval_set)
+        ids_b, logits_b, labels_b, t_b = _predictions(by_key[baseline, seed], eval_set)
+        if not np.array_equal(ids_v, ids_b):
+            raise ValueError(
+                f"{variant} and {baseline} (seed {seed}) were evaluated on different examples "
+                f"of {eval_set}"
+            )
+        pairs.append((logits_v, logits_b, labels_v, t_v, t_b))
+    rows = []
+    for metric in metrics:
+        scaled = metric.endswith("_ts")
+        name = metric.removesuffix("_ts")
+        var = [(lv / tv if scaled else lv, y) for lv, _, y, tv, _ in pairs]
+        base = [(lb / tb if scaled else lb, y) for _, lb, y, _, tb in pairs]
+        result = stats.paired_bootstrap(name, var, base, num_resamples=num_resamples, seed=0)
+        rows.append(
+            {
+                "eval_set": eval_set,
+                "variant": variant,
+                "baseline": baseline,
+                "metric": metric,
+                "n_seeds": len(seeds),
+                **{k: float(result[k]) for k in ("difference", "ci_low", "ci_high", "p_value")},
+                "num_resamples": int(result["num_resamples"]),
+            }
+        )
+    return rows
+
+
+def effect_words(row: dict[str, Any]) -> str:
+    """ "better"/"worse" when the interval excludes zero, else "no detectable effect"."""
+    if row["ci_low"] <= 0 <= row["ci_high"]:
+        return "no detectable effect"
+    improved = (row["difference"] > 0) == HIGHER_IS_BETTER.get(row["metric"], False)
+    return "better" if improved else "worse"
+
+
+def _format_difference(row: dict[str, Any]) -> str:
+    scale, unit = (100, " pt") if row["metric"] == "accuracy" else (1, "")
+    d, lo, hi = (row[k] * scale for k in ("difference", "ci_low", "ci_high"))
+    digits = 2 if row["metric"] == "accuracy" else 4
+    return f"{d:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}], p = {row['p_value']:.3f}"
+
+
+def verdict(label: str, rows: Sequence[dict[str, Any]]) -> str:
+    """One line in plain words for a hypothesis from its comparison rows (one eval set)."""
+    first = rows[0]
+    parts, effects = [], []
+    for row in rows:
+        if row["metric"] not in ("accuracy", "ece", "nll", "ece_ts"):
+            continue
+        words = effect_words(row)
+        parts.append(f"{row['metric']} {_format_difference(row)}")
+        if words != "no detectable effect":
+            effects.append(f"{words} {row['metric']}")
+    conclusion = "; ".join(effects) if effects else "no detectable effect"
+    return (
+        f"{label} ({first['variant']} vs {first['baseline']}, {first['n_seeds']} seeds, "
+        f"{first['eval_set']}): {conclusion}. " + "; ".join(parts) + "."
+    )
+
+
+def summarize(
+    runs: Sequence[PlannedRun],
+    *,
+    baseline: str,
+    eval_sets: Sequence[str] = ("eval",),
+    num_resamples: int = 2000,
+    study: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole `summary.json`: runs, variants, comparisons and verdicts."""
+    rows = run_rows(runs)
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    pairs = [(v, baseline) for v in variants if v != baseline]
+    pairs += [(v, b) for _, v, b in HYPOTHESES if v in variants and b in variants and b != baseline]
+    comparisons = [
+        row
+        for eval_set in eval_sets
+        for variant, base in pairs
+        for row in compare(runs, variant, base, eval_set=eval_set, num_resamples=num_resamples)
+    ]
+    verdicts = []
+    for label, variant, base in HYPOTHESES:
+        for eval_set in eval_sets:
+            mine = [
+                c
+                for c in comparisons
+                if (c["variant"], c["baseline"], c["eval_set"]) == (variant, base, eval_set)
+            ]
+            if mine:
+                verdicts.append(
+                    {
+                        "hypothesis": label,
+                        "variant": variant,
+                        "baseline": base,
+                        "eval_set": eval_set,
+                        "text": verdict(label, mine),
+                    }
+                )
+    return {
+        "study": study or {},
+        "runs": rows,
+        "variants": variant_intervals(rows),
+        "comparisons": comparisons,
+        "verdicts": verdicts,
+    }
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: epath.Path) -> None:
+    """The run rows as CSV, one column per key seen in any row (empty where a run lacks it)."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())

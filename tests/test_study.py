@@ -1,0 +1,232 @@
+"""`python -m train.study` end to end on a tiny random BERT: 2 loss presets x 2 seeds, killed after
+its first run and started again (finished runs are skipped), and its summary checked against an
+independent computation from the runs' own result files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+from tiny_models import save_tiny_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = os.environ.get("JAXSENT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+
+pytestmark = pytest.mark.slow
+
+
+def _study_config(path: Path, model_dir: Path) -> Path:
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            import ml_collections
+
+            def get_config():
+                config = ml_collections.ConfigDict()
+                config.base = "configs/smoke.py"
+                config.overrides = {{
+                    "model": {{"name": "{model_dir}"}},
+                    "data": {{
+                        "train_size": 96,
+                        "validation_size": 48,
+                        "eval_size": 80,
+                        "max_length": 32,
+                        "extra_evals": "rotten_tomatoes:all",
+                    }},
+                    "train": {{
+                        "global_batch_size": 16,
+                        "eval_batch_size": 32,
+                        "num_steps": 4,
+                        "checkpoint_every_steps": 2,
+                    }},
+                }}
+                config.variants = ("bce", "focal_seed")
+                config.custom_variants = {{}}
+                config.seeds = (0, 1)
+                config.baseline = "bce"
+                return config
+            """
+        )
+    )
+    return path
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("JAXSENT_DATA_DIR", DATA_DIR)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _command(config, workdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "train.study",
+        "--config",
+        str(config),
+        "--workdir",
+        str(workdir),
+        "--num_resamples=200",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The study, SIGKILLed once its first run is finished, then run again to the end."""
+    tmp = tmp_path_factory.mktemp("study")
+    config = _study_config(tmp / "tiny_study.py", save_tiny_model_dir(tmp / "tiny_model"))
+    workdir = tmp / "study"
+    first = workdir / "bce" / "seed_0" / "eval_results.json"
+    proc = subprocess.Popen(
+        _command(config, workdir),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while not first.exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "first run not finished in 600 s"
+            time.sleep(0.2)
+        first_written = first.stat().st_mtime_ns
+        # Let the second run start, so that the kill interrupts it.
+        while not (workdir / "focal_seed" / "seed_0" / "config.json").exists():
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = subprocess.run(
+        _command(config, workdir), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir, result, first_written
+
+
+def test_rerun_skips_finished_runs(study):
+    workdir, result, first_written = study
+    out = result.stdout
+    assert "study: 4 runs, 1 already done, 3 to train" in out
+    assert "[2/4] focal_seed seed 0 (resuming)" in out
+    assert "[1/4]" not in out
+    # The finished run was not trained or written again.
+    assert (workdir / "bce" / "seed_0" / "eval_results.json").stat().st_mtime_ns == first_written
+    assert "summary of 4/4 runs" in out
+
+
+def test_summary_matches_an_independent_computation(study):
+    workdir, _, _ = study
+    summary = json.loads((workdir / "summary.json").read_text())
+    results = {
+        (variant, seed): json.loads(
+            (workdir / variant / f"seed_{seed}" / "eval_results.json").read_text()
+        )
+        for variant in ("bce", "focal_seed")
+        for seed in (0, 1)
+    }
+    assert [(r["variant"], r["seed"]) for r in summary["runs"]] == [
+        ("bce", 0),
+        ("focal_seed", 0),
+        ("bce", 1),
+        ("focal_seed", 1),
+    ]
+    for row in summary["runs"]:
+        mine = results[row["variant"], row["seed"]]
+        for key in ("accuracy", "nll", "ece", "temperature", "nll_ts", "brier_ts", "ece_ts"):
+            assert row[key] == mine[key]
+        assert (
+            row["rotten_tomatoes:all/accuracy"]
+            == mine["extra_evals"]["rotten_tomatoes:all"]["accuracy"]
+        )
+        assert row["length_q1/accuracy"] == mine["length_strata"]["strata"][0]["accuracy"]
+    for variant in ("bce", "focal_seed"):
+        aggregate = summary["variants"][variant]
+        assert aggregate["n_seeds"] == 2
+        for key in ("accuracy", "nll", "ece_ts"):
+            values = np.array([results[variant, s][key] for s in (0, 1)])
+            low, high = scipy_stats.t.interval(
+                0.95, df=1, loc=values.mean(), scale=scipy_stats.sem(values)
+            )
+            assert aggregate[key]["mean"] == pytest.approx(values.mean(), rel=1e-12)
+            assert aggregate[key]["ci_low"] == pytest.approx(low, rel=1e-9)
+            assert aggregate[key]["ci_high"] == pytest.approx(high, rel=1e-9)
+    # Paired comparison: the point estimate is the mean over seeds of the per-seed differences.
+    for eval_set, get in (
+        ("eval", lambda r: r),
+        ("rotten_tomatoes:all", lambda r: r["extra_evals"]["rotten_tomatoes:all"]),
+    ):
+        row = next(
+            c
+            for c in summary["comparisons"]
+            if (c["eval_set"], c["variant"], c["metric"]) == (eval_set, "focal_seed", "accuracy")
+        )
+        expected = np.mean(
+            [
+                get(results["focal_seed", s])["accuracy"] - get(results["bce", s])["accuracy"]
+                for s in (0, 1)
+            ]
+        )
+        assert row["difference"] == pytest.approx(expected, abs=1e-6)
+        assert row["ci_low"] <= row["difference"] <= row["ci_high"]
+        assert 0 <= row["p_value"] <= 1
+
+
+def test_report_files(study):
+    workdir, _, _ = study
+    for name in (
+        "summary.json",
+        "summary.csv",
+        "report.md",
+        "study.json",
+        "metrics_eval.png",
+        "reliability_eval.png",
+        "metrics_rotten_tomatoes_all.png",
+        "reliability_rotten_tomatoes_all.png",
+        "length_strata.png",
+    ):
+        assert (workdir / name).is_file(), name
+    report = (workdir / "report.md").read_text()
+    assert "the seed's focal loss (every term combined) (focal_seed vs bce, 2 seeds" in report
+    csv_lines = (workdir / "summary.csv").read_text().splitlines()
+    assert len(csv_lines) == 5 and csv_lines[0].startswith("variant,seed,workdir,")
+    extra = workdir / "focal_seed" / "seed_1" / "extra_evals" / "rotten_tomatoes-all"
+    for name in ("eval_results.json", "predictions.parquet", "reliability.png"):
+        assert (extra / name).is_file(), name
+    assert json.loads((extra / "eval_results.json").read_text())["n_examples"] == 10662
+
+
+def test_report_only_and_a_changed_study_is_refused(study, tmp_path):
+    workdir, _, _ = study
+    config = workdir.parent / "tiny_study.py"
+    report = subprocess.run(
+        _command(config, workdir, "--report_only"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "summary of 4/4 runs" in report.stdout
+    changed = subprocess.run(
+        _command(config, workdir, "--config.seeds=(0, 1, 2)"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert changed.returncode != 0
+    assert "holds another study" in changed.stderr
