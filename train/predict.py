@@ -35,7 +35,6 @@ flags.DEFINE_string(
 )
 flags.mark_flags_as_required(["model"])
 
-ADDED_COLUMNS = ("logit", "probability", "label", "tokens", "truncated")
 PREVIEW_CHARS = 60
 
 
@@ -48,7 +47,10 @@ def _check_flags() -> None:
             raise app.UsageError("--input needs --output (.parquet, .csv or .jsonl)")
         from jaxsent.data.tables import OUTPUT_FORMATS, table_format
 
-        table_format(FLAGS.output, OUTPUT_FORMATS, argument="--output")
+        try:
+            table_format(FLAGS.output, OUTPUT_FORMATS, argument="--output")
+        except ValueError as err:
+            raise app.UsageError(str(err)) from err
         if os.path.abspath(FLAGS.output) == os.path.abspath(FLAGS.input):
             raise app.UsageError("--output must not be --input")
     elif FLAGS.output or FLAGS.text_column:
@@ -84,70 +86,12 @@ def _print_texts(predictor, texts: list[str]) -> None:
         )
 
 
-def _text_column(schema, requested: str | None) -> str:
-    from jaxsent.data.sources import TEXT_COLUMN_CANDIDATES
-
-    names = schema.names
-    if requested is not None:
-        if requested not in names:
-            raise ValueError(f"--text_column={requested!r} is not a column of --input: {names}")
-        return requested
-    for name in TEXT_COLUMN_CANDIDATES:
-        if name in names:
-            return name
-    raise ValueError(
-        f"--input has no text column named {', '.join(TEXT_COLUMN_CANDIDATES)}; its columns "
-        f"are {names}: pass --text_column"
-    )
-
-
-def _predict_file(predictor) -> None:
-    import pyarrow as pa
-    from tqdm.auto import tqdm
-
-    from jaxsent.data import tables
-
-    column = _text_column(tables.read_schema(FLAGS.input), FLAGS.text_column)
-    stream = tables.read_chunks(FLAGS.input, chunk_rows=FLAGS.chunk_rows, string_columns=[column])
-    field = stream.schema.field(column)
-    if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
-        raise ValueError(
-            f"--input column {column!r} holds {field.type} values, not text; pass --text_column"
-        )
-    added = [FLAGS.prefix + name for name in ADDED_COLUMNS]
-    clash = sorted(set(added) & set(stream.schema.names))
-    if clash:
-        raise ValueError(
-            f"--input already has column(s) {clash}; pass --prefix (e.g. --prefix=pred_) to "
-            "name the predictions apart (to measure a labelled file, use python -m "
-            "train.evaluate)"
-        )
-    types = (pa.float32(), pa.float32(), pa.int64(), pa.int32(), pa.bool_())
-    schema = stream.schema
-    for name, kind in zip(added, types, strict=True):
-        schema = schema.append(pa.field(name, kind))
-    bar = tqdm(total=stream.num_rows, unit=" rows", desc="predict", dynamic_ncols=True)
-    row = 0
-    with tables.AtomicTableWriter(FLAGS.output, schema) as writer:
-        for chunk in stream.chunks:
-            texts = chunk.column(column).to_pylist()
-            out = predictor.predict(texts, what=f"--input column {column!r} row", first_row=row)
-            values = (out.logits, out.probabilities, out.labels, out.num_tokens, out.truncated)
-            for name, kind, value in zip(added, types, values, strict=True):
-                chunk = chunk.append_column(pa.field(name, kind), pa.array(value, type=kind))
-            writer.write(chunk)
-            row += chunk.num_rows
-            bar.update(chunk.num_rows)
-    bar.close()
-    print(f"wrote {row:,} rows to {writer.path}", file=sys.stderr)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _check_flags()
     setup_process()
-    from jaxsent.inference import Predictor, load_trained
+    from jaxsent.inference import Predictor, load_trained, predict_file
 
     try:
         predictor = Predictor(
@@ -157,7 +101,15 @@ def main(argv):
         if FLAGS.text:
             _print_texts(predictor, FLAGS.text)
         else:
-            _predict_file(predictor)
+            rows = predict_file(
+                predictor,
+                FLAGS.input,
+                FLAGS.output,
+                text_column=FLAGS.text_column,
+                chunk_rows=FLAGS.chunk_rows,
+                prefix=FLAGS.prefix,
+            )
+            print(f"wrote {rows:,} rows to {os.path.abspath(FLAGS.output)}", file=sys.stderr)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         sys.exit(f"error: {err}")
 
