@@ -47,6 +47,7 @@ def test_chunks_are_bounded_and_add_up_to_the_file(tmp_path, suffix):
     chunks = list(stream.chunks)
     assert [c.num_rows for c in chunks] == [25, 25, 25, 25, 3]
     whole = pa.concat_tables(chunks)
+    assert whole.column_names == ["id", "text", "score"]  # the file's order
     assert whole.column("text").to_pylist() == TEXTS  # quoted line breaks, commas, unicode
     assert whole.column("id").to_pylist() == list(range(ROWS))
     assert stream.num_rows == (ROWS if suffix == ".parquet" else None)

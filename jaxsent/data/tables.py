@@ -97,8 +97,14 @@ def _open(path: str, fmt: str, string_columns: Sequence[str], chunk_rows: int):
             parquet.metadata.num_rows,
             parquet.iter_batches(batch_size=chunk_rows),
         )
-    reader = (_csv_reader if fmt == "csv" else _json_reader)(path, string_columns)
-    return reader.schema, None, iter(reader)
+    if fmt == "csv":
+        reader = _csv_reader(path, string_columns)
+        return reader.schema, None, iter(reader)
+    reader = _json_reader(path, string_columns)
+    # An explicit schema puts its columns first: keep the file's order.
+    order = _json_reader(path, ()).schema.names if string_columns else reader.schema.names
+    schema = pa.schema([reader.schema.field(name) for name in order])
+    return schema, None, (batch.select(order) for batch in reader)
 
 
 def _error(argument: str, path: str, fmt: str, err: Exception) -> ValueError:
