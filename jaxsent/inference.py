@@ -354,6 +354,11 @@ class Predictor:
                 f"; and {len(bad) - _BAD_TEXTS_SHOWN} more" if len(bad) > _BAD_TEXTS_SHOWN else ""
             )
             raise ValueError(f"{len(bad)} text(s) cannot be classified: {shown}{more}")
+        if not texts:
+            empty = np.zeros(0, np.float32)
+            return Predictions(
+                empty, empty, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool)
+            )
         encoded = data_lib.encode_texts(
             self.trained.tokenizer,
             list(texts),

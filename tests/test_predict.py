@@ -222,6 +222,7 @@ def test_input_problems_are_named(predictor, tmp_path):
         predict_file(predictor, good, tmp_path / "out.txt")
     with pytest.raises(ValueError, match=r"3 text\(s\) cannot be classified: text 0: empty text"):
         predictor.predict(["", None, 7, "fine"])
+    assert predictor.predict([]).logits.shape == (0,)
 
 
 def test_the_command_line_reports_errors_in_one_line(run_dir, tmp_path):

@@ -617,7 +617,6 @@ def write_final_outputs(run: Run, reports: FinalReports) -> dict[str, Any]:
     if extra:
         results["extra_evals"] = {key: report[0] for key, report in extra.items()}
     run.writer.write(run.total_steps, "final_eval", _scalars(results))
-    export_run(run, results)
     if not run.is_main:
         return results
     loss = f"{run.config.loss.name} loss"
@@ -654,6 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         try:
             train_steps(run, resume(run), stop)
             results = write_final_outputs(run, evaluate_best(run))
+            export_run(run, results)  # the best checkpoint, as a folder others can load
         finally:
             run.ckpts.close()
             run.writer.close()
