@@ -38,7 +38,7 @@ def _study_config(path: Path, model_dir: Path) -> Path:
                         "validation_size": 48,
                         "eval_size": 80,
                         "max_length": 32,
-                        "extra_evals": "rotten_tomatoes:all",
+                        "extra_evals": "sst2:validation",
                     }},
                     "train": {{
                         "global_batch_size": 16,
@@ -65,7 +65,8 @@ def _env():
     return env
 
 
-def _command(config, workdir, *extra):
+def _command(config, workdir, *extra, archive=None):
+    archive = archive or Path(workdir).parent / "archive"
     return [
         sys.executable,
         "-m",
@@ -75,6 +76,7 @@ def _command(config, workdir, *extra):
         "--workdir",
         str(workdir),
         "--num_resamples=200",
+        f"--archive={archive}",
         *extra,
     ]
 
@@ -146,26 +148,26 @@ def test_summary_matches_an_independent_computation(study):
         mine = results[row["variant"], row["seed"]]
         for key in ("accuracy", "nll", "ece", "temperature", "nll_ts", "brier_ts", "ece_ts"):
             assert row[key] == mine[key]
-        assert (
-            row["rotten_tomatoes:all/accuracy"]
-            == mine["extra_evals"]["rotten_tomatoes:all"]["accuracy"]
-        )
+        assert row["sst2:validation/accuracy"] == mine["extra_evals"]["sst2:validation"]["accuracy"]
         assert row["length_q1/accuracy"] == mine["length_strata"]["strata"][0]["accuracy"]
     for variant in ("bce", "focal_seed"):
         aggregate = summary["variants"][variant]
         assert aggregate["n_seeds"] == 2
         for key in ("accuracy", "nll", "ece_ts"):
             values = np.array([results[variant, s][key] for s in (0, 1)])
-            low, high = scipy_stats.t.interval(
-                0.95, df=1, loc=values.mean(), scale=scipy_stats.sem(values)
-            )
+            if values[0] == values[1]:  # scipy's interval is nan for a zero spread
+                low = high = values.mean()
+            else:
+                low, high = scipy_stats.t.interval(
+                    0.95, df=1, loc=values.mean(), scale=scipy_stats.sem(values)
+                )
             assert aggregate[key]["mean"] == pytest.approx(values.mean(), rel=1e-12)
             assert aggregate[key]["ci_low"] == pytest.approx(low, rel=1e-9)
             assert aggregate[key]["ci_high"] == pytest.approx(high, rel=1e-9)
     # Paired comparison: the point estimate is the mean over seeds of the per-seed differences.
     for eval_set, get in (
         ("eval", lambda r: r),
-        ("rotten_tomatoes:all", lambda r: r["extra_evals"]["rotten_tomatoes:all"]),
+        ("sst2:validation", lambda r: r["extra_evals"]["sst2:validation"]),
     ):
         row = next(
             c
@@ -192,8 +194,8 @@ def test_report_files(study):
         "study.json",
         "metrics_eval.png",
         "reliability_eval.png",
-        "metrics_rotten_tomatoes_all.png",
-        "reliability_rotten_tomatoes_all.png",
+        "metrics_sst2_validation.png",
+        "reliability_sst2_validation.png",
         "length_strata.png",
     ):
         assert (workdir / name).is_file(), name
@@ -201,10 +203,11 @@ def test_report_files(study):
     assert "the seed's focal loss (every term combined) (focal_seed vs bce, 2 seeds" in report
     csv_lines = (workdir / "summary.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("variant,seed,workdir,")
-    extra = workdir / "focal_seed" / "seed_1" / "extra_evals" / "rotten_tomatoes-all"
+    extra = workdir / "focal_seed" / "seed_1" / "extra_evals" / "sst2-validation"
     for name in ("eval_results.json", "predictions.parquet", "reliability.png"):
         assert (extra / name).is_file(), name
-    assert json.loads((extra / "eval_results.json").read_text())["n_examples"] == 10662
+    # Every example of the extra set (the eval split itself is a sample of 80).
+    assert json.loads((extra / "eval_results.json").read_text())["n_examples"] == 872
 
 
 def test_report_only_and_a_changed_study_is_refused(study, tmp_path):
@@ -230,3 +233,26 @@ def test_report_only_and_a_changed_study_is_refused(study, tmp_path):
     )
     assert changed.returncode != 0
     assert "holds another study" in changed.stderr
+
+
+def test_archive_restores_the_study_elsewhere(study, tmp_path):
+    workdir, _, _ = study
+    archive = workdir.parent / "archive"
+    assert (archive / "focal_seed" / "seed_1" / "predictions.csv").is_file()
+    assert (
+        not list(archive.rglob("*.parquet")) and not (archive / "bce" / "seed_0" / "best").exists()
+    )
+    elsewhere = tmp_path / "elsewhere"
+    result = subprocess.run(
+        _command(workdir.parent / "tiny_study.py", elsewhere, "--report_only", archive=archive),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = json.loads((elsewhere / "summary.json").read_text())
+    original = json.loads((workdir / "summary.json").read_text())
+    assert ours["variants"] == original["variants"]
+    assert ours["comparisons"] == original["comparisons"]

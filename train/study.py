@@ -22,6 +22,12 @@ config_flags.DEFINE_config_file("config", None, "Path to a study config in confi
 flags.DEFINE_string("workdir", None, "Directory of the study (one subfolder per run).")
 flags.DEFINE_bool("report_only", False, "Summarise the finished runs without training.")
 flags.DEFINE_integer("num_resamples", 2000, "Bootstrap resamples for the paired comparisons.")
+flags.DEFINE_string(
+    "archive",
+    None,
+    "Folder that keeps every finished run's small result files and the report (e.g. a folder "
+    "under docs/ that is committed): runs found there are restored instead of trained again.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -49,6 +55,7 @@ def main(argv):
     from etils import epath
 
     from jaxsent.study import plan_study, run_study, summarize, write_report
+    from jaxsent.study.runner import restore_archived
     from jaxsent.training.loop import parse_extra_evals, train_and_evaluate
     from jaxsent.training.preemption import TrainingInterrupted
 
@@ -56,10 +63,14 @@ def main(argv):
     workdir = epath.Path(FLAGS.workdir)
     study_dict = json.loads(study.to_json_best_effort())
     runs = plan_study(study, workdir)
+    archive = epath.Path(FLAGS.archive) if FLAGS.archive else None
+    if archive is not None:
+        _check_same_study(archive, study_dict)
+        restore_archived(runs, archive)
     if not FLAGS.report_only:
         _check_same_study(workdir, study_dict)
         try:
-            run_study(runs, train_and_evaluate)
+            run_study(runs, train_and_evaluate, archive=archive)
         except TrainingInterrupted as stop:
             print(f"interrupted: {stop}", file=sys.stderr)
             sys.exit(TrainingInterrupted.exit_code)
@@ -76,8 +87,9 @@ def main(argv):
         study=study_dict,
     )
     command = "python -m train.study " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    write_report(summary, runs, workdir, eval_sets=eval_sets, command=command)
-    print(f"summary of {done}/{len(runs)} runs: {workdir / 'report.md'}")
+    for folder in (workdir, archive) if archive is not None else (workdir,):
+        write_report(summary, runs, folder, eval_sets=eval_sets, command=command)
+    print(f"summary of {done}/{len(runs)} runs: {(archive or workdir) / 'report.md'}")
     for line in summary["verdicts"]:
         print(f"- {line['text']}")
 

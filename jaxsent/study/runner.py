@@ -19,6 +19,7 @@ started again loses at most the unsaved steps of one run.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import runpy
 import time
@@ -33,6 +34,11 @@ from jaxsent import losses
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "eval_results.json"
+# What a finished run keeps in a study archive: small text files, enough to summarise it again
+# (predictions as CSV: float32 logits round-trip exactly through pyarrow's CSV writer).
+ARCHIVED_FILES = ("config.json", "metrics.jsonl", RESULTS_FILE)
+PREDICTIONS_PARQUET = "predictions.parquet"
+PREDICTIONS_CSV = "predictions.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +125,52 @@ def plan_study(study: ml_collections.ConfigDict, workdir: str | epath.PathLike) 
     return runs
 
 
+def _report_folders(workdir: epath.Path):
+    """The run folder and its extra evaluation folders (each holds results and predictions)."""
+    yield workdir
+    extra = workdir / "extra_evals"
+    if extra.exists():
+        yield from sorted(p for p in extra.iterdir() if p.is_dir())
+
+
+def archive_run(run: PlannedRun, archive: epath.Path) -> None:
+    """Copies the small result files of a finished run into `archive/<variant>/seed_<n>/`."""
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    for folder in _report_folders(run.workdir):
+        target = archive / folder.relative_to(run.workdir.parent.parent)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ARCHIVED_FILES:
+            if (folder / name).exists():
+                (target / name).write_bytes((folder / name).read_bytes())
+        table = pyarrow.parquet.read_table(str(folder / PREDICTIONS_PARQUET))
+        buffer = io.BytesIO()
+        pyarrow.csv.write_csv(table, buffer)
+        (target / PREDICTIONS_CSV).write_bytes(buffer.getvalue())
+
+
+def restore_archived(runs: Iterable[PlannedRun], archive: epath.Path) -> int:
+    """Copies archived runs that the work directory lacks back into it (they count as done).
+
+    Returns how many were restored. A run folder that exists without results (an interrupted
+    run) is left alone: it resumes from its own checkpoint.
+    """
+    restored = 0
+    for run in runs:
+        source = archive / run.workdir.relative_to(run.workdir.parent.parent)
+        if run.workdir.exists() or not (source / RESULTS_FILE).exists():
+            continue
+        for folder in _report_folders(source):
+            target = run.workdir / folder.relative_to(source)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in (*ARCHIVED_FILES, PREDICTIONS_CSV):
+                if (folder / name).exists():
+                    (target / name).write_bytes((folder / name).read_bytes())
+        restored += 1
+    return restored
+
+
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
@@ -128,14 +180,23 @@ def run_study(
     runs: Iterable[PlannedRun],
     train_fn: Callable[[ml_collections.ConfigDict, epath.Path], Any],
     *,
+    archive: epath.Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
     """Trains every run that is not done, in order, with a progress line per run.
+
+    With an `archive`, each run's small result files are copied there as soon as it finishes
+    (and runs archived earlier are restored first), so a study can continue on another machine
+    from a committed archive.
 
     The estimate of the time left is the mean duration of the runs trained in this invocation
     times the runs left (runs of one study are sized alike).
     """
     runs = list(runs)
+    if archive is not None:
+        restored = restore_archived(runs, archive)
+        if restored:
+            echo(f"study: {restored} finished runs restored from {archive}")
     todo = [run for run in runs if not run.done]
     echo(f"study: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to train")
     start = time.monotonic()
@@ -149,4 +210,6 @@ def run_study(
             f"{_duration(elapsed)} elapsed{estimate} -> {run.workdir}"
         )
         train_fn(run.config, run.workdir)
+        if archive is not None:
+            archive_run(run, archive)
     echo(f"study: all {len(runs)} runs done ({_duration(time.monotonic() - start)} this time)")

@@ -6,6 +6,7 @@ Everything here reads the run folders the runner wrote and computes; nothing tra
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,7 @@ import numpy as np
 from etils import epath
 
 from jaxsent import reporting, stats
-from jaxsent.study.runner import RESULTS_FILE, PlannedRun
+from jaxsent.study.runner import PREDICTIONS_CSV, PREDICTIONS_PARQUET, RESULTS_FILE, PlannedRun
 from jaxsent.training.loop import extra_eval_dir
 
 # Metrics compared between variants (the temperature-scaled ones divide each run's logits by the
@@ -90,7 +91,10 @@ def _predictions(run: PlannedRun, eval_set: str):
     else:
         folder = run.workdir / "extra_evals" / extra_eval_dir(eval_set)
         results = json.loads((folder / RESULTS_FILE).read_text())
-    table = reporting.read_predictions(folder / "predictions.parquet")
+    if (folder / PREDICTIONS_PARQUET).exists():
+        table = reporting.read_predictions(folder / PREDICTIONS_PARQUET)
+    else:  # restored from a study archive
+        table = _read_csv_predictions(folder / PREDICTIONS_CSV)
     order = np.argsort(table["example_id"], kind="stable")
     return (
         table["example_id"][order],
@@ -98,6 +102,17 @@ def _predictions(run: PlannedRun, eval_set: str):
         table["label"][order],
         results.get("temperature", 1.0),
     )
+
+
+def _read_csv_predictions(path: epath.Path) -> dict[str, np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.csv
+
+    table = pyarrow.csv.read_csv(
+        io.BytesIO(path.read_bytes()),
+        convert_options=pyarrow.csv.ConvertOptions(column_types={"logit": pa.float32()}),
+    )
+    return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
 def compare(
