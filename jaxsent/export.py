@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from jaxsent.data.preprocess import check_truncation
 from jaxsent.models import METADATA_FILE, load_tokenizer, read_metadata, save_pretrained
+from jaxsent.training.steps import merge_model
 
 if TYPE_CHECKING:
     from jaxsent.training.loop import Run
@@ -184,8 +185,6 @@ def export_run(run: Run, results: dict[str, Any]) -> epath.Path | None:
     Returns:
       The export folder on process 0, else None.
     """
-    from jaxsent.training.steps import merge_model
-
     model = _gathered_params(merge_model(run.steps, run.state))
     if jax.process_index() != 0:
         return None
