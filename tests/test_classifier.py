@@ -254,6 +254,9 @@ def test_transformers_classifier_heads_without_jaxsent_metadata(tmp_path, caplog
     (tmp_path / "jaxsent.json").unlink()  # as transformers would write it
     reloaded = SentimentClassifier.from_pretrained(tmp_path)
     assert reloaded.pooling == "cls" and reloaded.head.bias.get_value()[0] == pytest.approx(0.4)
+    other = SentimentClassifier.from_pretrained(tmp_path, pooling="mean")
+    assert other.pooling == "mean" and other.head.bias.get_value()[0] == 0.0
+    assert "pooling='mean' gets a fresh head" in caplog.text
 
     def two_labels(tensors):
         tensors["classifier.weight"] = np.zeros((2, CONFIG.hidden_size), np.float32)

@@ -184,7 +184,8 @@ class SentimentClassifier(nnx.Module):
         Args:
           name_or_path: folder, short name or hub id (see :func:`bert_params.resolve`).
           pooling: one of :data:`POOLINGS`; ``None`` takes the saved head's pooling, or
-            ``"cls"`` when there is no saved head. A value contradicting a saved head raises.
+            ``"cls"`` when there is no saved head. A value contradicting a head saved by
+            jaxsent raises; one contradicting a ``transformers`` head gets a fresh head.
           dropout_rate: ``None`` takes the saved one, else 0.1.
           dtype: encoder compute dtype; ``None`` takes the saved one, else float32.
           rngs: defaults to ``nnx.Rngs(params=0, dropout=1)``.
@@ -209,14 +210,21 @@ class SentimentClassifier(nnx.Module):
             attention_impl=attention_impl,
             config_overrides=config_overrides,
         )
-        if head is not None:
-            saved = head["pooling"]
-            if pooling is not None and pooling != saved:
+        if head is not None and pooling is not None and pooling != head["pooling"]:
+            if meta:
                 raise ValueError(
                     f"pooling={pooling!r} contradicts the saved head in {directory!r} "
-                    f"(pooling={saved!r})"
+                    f"(pooling={head['pooling']!r})"
                 )
-            pooling = saved
+            # A transformers classifier used as the start of a differently pooled one.
+            logger.warning(
+                "%s: its head reads pooling='cls'; pooling=%r gets a fresh head",
+                head["source"],
+                pooling,
+            )
+            head = None
+        if head is not None:
+            pooling = head["pooling"]
         if dropout_rate is None:
             dropout_rate = float(meta.get("dropout_rate", DEFAULT_DROPOUT_RATE))
         rngs = nnx.Rngs(params=0, dropout=1) if rngs is None else rngs
