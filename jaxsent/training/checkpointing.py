@@ -8,11 +8,13 @@ and the config fingerprint that must match for a resume.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 log = logging.getLogger(__name__)
@@ -143,3 +145,55 @@ class Checkpoints:
         self.wait()
         self.latest.close()
         self.best.close()
+
+
+# Checkpoints hold the state of the pair (model, optimizer): the model's arrays under "0".
+MODEL_KEY = "0"
+
+
+def restore_best_model(
+    workdir: str | os.PathLike, like: nnx.State, *, best_metric: str, best_mode: str
+) -> tuple[dict, dict[str, Any]]:
+    """The model arrays of a run's best checkpoint, without reading its optimiser state.
+
+    Args:
+      workdir: the run's work directory (holding `best/`); nothing is written to it.
+      like: the model's state less its RNG state (`nnx.split(model, nnx.RngState, ...)[2]`),
+        as restore targets (shapes, dtypes, shardings).
+      best_metric, best_mode: the run's `train.best_metric` / `train.best_mode`.
+
+    Returns:
+      The restored arrays (a pure dict for `nnx.replace_by_pure_dict(like, ...)`) and the
+      checkpoint's metadata.
+
+    Raises:
+      FileNotFoundError: no best checkpoint under `workdir`.
+    """
+    directory = epath.Path(workdir) / "best"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no best checkpoint: {directory} does not exist")
+    target = {MODEL_KEY: abstract_like(like)}
+    options = ocp.CheckpointManagerOptions(
+        read_only=True,
+        create=False,
+        save_interval_steps=0,
+        max_to_keep=None,
+        best_fn=lambda metrics: float(metrics[best_metric]),
+        best_mode=best_mode,
+    )
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        step = manager.best_step()
+        if step is None:
+            raise FileNotFoundError(f"no best checkpoint under {directory}")
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                ),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+    return restored["state"][MODEL_KEY], dict(restored["meta"])

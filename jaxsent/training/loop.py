@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from jaxsent import calibration, evaluation, losses, metrics, reporting, sharding
 from jaxsent import data as data_lib
+from jaxsent.export import export_run
 from jaxsent.models import SentimentClassifier, load_tokenizer
 from jaxsent.training.checkpointing import Checkpoints
 from jaxsent.training.optim import make_optimizer
@@ -652,6 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         try:
             train_steps(run, resume(run), stop)
             results = write_final_outputs(run, evaluate_best(run))
+            export_run(run, results)  # the best checkpoint, as a folder others can load
         finally:
             run.ckpts.close()
             run.writer.close()

@@ -153,6 +153,47 @@ def build_steps(
     return steps, state
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalStep:
+    """The eval step alone, for a model without an optimiser (evaluation, prediction).
+
+    `eval_step(state, batch)` computes what `StepFunctions.eval_step` computes for the same
+    parameters, so it can stand in for it (e.g. in `jaxsent.training.loop.evaluate`).
+    """
+
+    graphdef: Any
+    rng_state: nnx.State
+    eval_step_fn: Callable[..., jax.Array]
+
+    def eval_step(self, state: nnx.State, batch: Batch) -> jax.Array:
+        return self.eval_step_fn(state, self.rng_state, batch)
+
+
+def build_eval_step(
+    model: nnx.Module, *, state_shardings_fn: Callable[[nnx.State], Any] | None = None
+) -> tuple[EvalStep, nnx.State]:
+    """The jitted eval step of `model` and its (placed) state.
+
+    Args:
+      model: the classifier; put in eval mode.
+      state_shardings_fn: as in `build_steps`.
+
+    Returns:
+      The step and the state to pass it.
+    """
+    model.eval()
+    graphdef, rng_state, state = nnx.split(model, nnx.RngState, ...)
+    if state_shardings_fn is not None:
+        state = jax.device_put(state, state_shardings_fn(state))
+        rng_state = _place_keys(rng_state, state_shardings_fn(rng_state))
+
+    def eval_step(state: nnx.State, rng_state: nnx.State, batch: Batch) -> jax.Array:
+        model = nnx.merge(graphdef, rng_state, state)
+        return model(batch["input_ids"], batch["attention_mask"])
+
+    return EvalStep(graphdef, rng_state, jax.jit(eval_step)), state
+
+
 def merge_model(steps: StepFunctions, state: nnx.State, *, train: bool = False) -> nnx.Module:
     """The model (in eval mode unless `train`) holding `state`'s parameters."""
     graphdef = steps.train_graphdef if train else steps.eval_graphdef

@@ -1,0 +1,178 @@
+"""Loading a trained model from a run's work directory or an export folder."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+from etils import epath
+from flax import nnx
+
+from jaxsent import data as data_lib
+from jaxsent.export import EXPORT_DIR, InferenceSettings, is_export, read_settings
+from jaxsent.models import SentimentClassifier, load_tokenizer
+from jaxsent.training import checkpointing
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A classifier with what it needs to read text as its training did.
+
+    Attributes:
+      model: the classifier, in eval mode.
+      tokenizer: its fast tokenizer.
+      settings: how it reads and scores text.
+      source: ``"export"`` or ``"checkpoint"`` (a run's best checkpoint).
+      directory: the folder it was read from (the export folder, or the run's work directory).
+      run_dir: the run's work directory when known (an export inside it, or the run itself).
+      best_step: the training step of the checkpoint, when known.
+      run_config: the run's config as a dict, when known.
+    """
+
+    model: SentimentClassifier
+    tokenizer: Any
+    settings: InferenceSettings
+    source: str
+    directory: epath.Path
+    run_dir: epath.Path | None
+    best_step: int | None
+    run_config: dict[str, Any] | None
+
+    def describe(self) -> str:
+        step = f", step {self.best_step}" if self.best_step is not None else ""
+        if self.source == "export":
+            return f"export {self.directory}{step}"
+        return f"best checkpoint of {self.directory}{step}"
+
+
+def is_run(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` is a training work directory (``config.json`` and ``best/``)."""
+    directory = epath.Path(directory)
+    return (directory / "config.json").is_file() and (directory / "best").is_dir()
+
+
+def load_trained(path: str | os.PathLike) -> TrainedModel:
+    """Loads a trained classifier from a run's work directory or an export folder.
+
+    A work directory is read from its ``export/`` folder when it has one, else from its best
+    checkpoint (rebuilding the model from the run's ``config.json``; only the model's arrays are
+    read, not the optimiser's). A run that predates exports does not record its fitted bucket
+    boundaries: evenly spaced ones are used, so logits can differ from the run's own in the
+    last bits (a warning says so).
+
+    Args:
+      path: a work directory or an export folder.
+
+    Returns:
+      The `TrainedModel`.
+
+    Raises:
+      FileNotFoundError: ``path`` is neither.
+    """
+    directory = epath.Path(path)
+    if is_export(directory):
+        parent = directory.parent
+        run_dir = parent if directory.name == EXPORT_DIR and is_run(parent) else None
+        return _from_export(directory, run_dir=run_dir)
+    if is_run(directory):
+        if is_export(directory / EXPORT_DIR):
+            return _from_export(directory / EXPORT_DIR, run_dir=directory)
+        return _from_checkpoint(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory {os.fspath(path)!r} does not exist")
+    found = sorted(p.name for p in directory.iterdir())
+    raise FileNotFoundError(
+        f"{os.fspath(path)!r} is neither a training work directory (config.json and best/) nor "
+        f"an export folder (config.json, model.safetensors, jaxsent.json); it holds {found}"
+    )
+
+
+@contextlib.contextmanager
+def _local_folder(directory: epath.Path) -> Iterator[str]:
+    """``directory`` as a local path, copied to a temporary folder when it is remote (gs://)."""
+    if "://" not in os.fspath(directory):
+        yield os.fspath(directory)
+        return
+    with tempfile.TemporaryDirectory(prefix="jaxsent-model-") as local:
+        for item in directory.iterdir():
+            if item.is_file():
+                item.copy(epath.Path(local) / item.name)
+        yield local
+
+
+def _from_export(directory: epath.Path, *, run_dir: epath.Path | None) -> TrainedModel:
+    with _local_folder(directory) as local:
+        settings, run_info = read_settings(local)
+        model = SentimentClassifier.from_pretrained(local)
+        tokenizer = load_tokenizer(local)
+    return TrainedModel(
+        model=model,
+        tokenizer=tokenizer,
+        settings=settings,
+        source="export",
+        directory=directory,
+        run_dir=run_dir,
+        best_step=run_info.get("best_step"),
+        run_config=run_info.get("config"),
+    )
+
+
+def _from_checkpoint(workdir: epath.Path) -> TrainedModel:
+    config_dict = json.loads((workdir / "config.json").read_text())
+    config = ml_collections.ConfigDict(config_dict)
+    model = SentimentClassifier.from_pretrained(
+        config.model.name,
+        pooling=config.model.pooling,
+        dropout_rate=config.model.dropout_rate,
+        dtype=jnp.dtype(config.model.dtype),
+    )
+    graphdef, rng_state, state = nnx.split(model, nnx.RngState, ...)
+    arrays, meta = checkpointing.restore_best_model(
+        workdir,
+        state,
+        best_metric=config.train.best_metric,
+        best_mode=config.train.best_mode,
+    )
+    nnx.replace_by_pure_dict(state, arrays)
+    model = nnx.merge(graphdef, rng_state, state)
+    max_length = config.data.max_length
+    log.warning(
+        "%s has no export/ (a run from before exports, or one that did not finish): its fitted "
+        "bucket boundaries are unknown, evenly spaced ones are used, so logits can differ from "
+        "the run's own in the last bits",
+        workdir,
+    )
+    results_path = workdir / "eval_results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    settings = InferenceSettings(
+        max_length=max_length,
+        clean_markup=config.data.clean_markup,
+        # Runs from before head+tail truncation kept the head.
+        truncation=config.data.get("truncation", "head"),
+        head_fraction=config.data.get("head_fraction", 0.25),
+        bucket_boundaries=data_lib.make_bucket_boundaries(
+            max_length, num_buckets=config.data.num_buckets
+        ),
+        batch_size=config.train.eval_batch_size,
+        temperature=results.get("temperature"),
+    )
+    return TrainedModel(
+        model=model,
+        tokenizer=load_tokenizer(config.model.name),
+        settings=settings,
+        source="checkpoint",
+        directory=workdir,
+        run_dir=workdir,
+        best_step=int(meta["step"]),
+        run_config=config_dict,
+    )
