@@ -197,6 +197,10 @@ def run_study(
         restored = restore_archived(runs, archive)
         if restored:
             echo(f"study: {restored} finished runs restored from {archive}")
+        for run in runs:
+            source = archive / run.workdir.relative_to(run.workdir.parent.parent)
+            if run.done and not (source / RESULTS_FILE).exists():
+                archive_run(run, archive)
     todo = [run for run in runs if not run.done]
     echo(f"study: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to train")
     start = time.monotonic()
