@@ -101,6 +101,8 @@ def test_run_writes_the_documented_workdir(reference_run):
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["num_steps"] == NUM_STEPS
     assert "accuracy:" in result.stdout and "NOTE:" in result.stdout
+    assert f"python -m train.predict --model {workdir} --text" in result.stdout
+    assert "after scaling" in result.stdout and (workdir / "export" / "config.json").is_file()
 
 
 def test_sigkill_then_resume_is_bit_identical(reference_run, model_dir, tmp_path):

@@ -67,9 +67,20 @@ def main(argv):
         )
         for key in RESULT_KEYS:
             print(f"{key:>10}: {results[key]:.4f}")
+        if "temperature" in results:
+            print(
+                f"temperature {results['temperature']:.3f} (fitted on validation): "
+                f"nll {results['nll_ts']:.4f}, ece {results['ece_ts']:.4f} after scaling"
+            )
         for note in results["notes"]:
             print(f"NOTE: {note}")
-        print(f"full results: {os.path.join(FLAGS.workdir, 'eval_results.json')}")
+        workdir = FLAGS.workdir
+        print(f"full results: {os.path.join(workdir, 'eval_results.json')}")
+        print(f"predictions:  {os.path.join(workdir, 'predictions.parquet')}")
+        print(f"best model:   {os.path.join(workdir, 'best')} (orbax checkpoint)")
+        print(f"export:       {os.path.join(workdir, 'export')} (Hugging Face folder)")
+        print("classify new text with:")
+        print(f'  python -m train.predict --model {workdir} --text "A wonderful film."')
 
 
 if __name__ == "__main__":
