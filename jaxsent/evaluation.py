@@ -38,6 +38,9 @@ def length_strata(
 ) -> dict[str, Any]:
     """Accuracy, NLL, Brier and ECE per quantile of the examples' token lengths.
 
+    Pass the lengths of the whole texts (before truncation): with truncation the used lengths
+    pile up at ``max_length`` and the upper quantiles collapse into one value.
+
     Stratum ``k`` holds the examples with ``edges[k] < length <= edges[k + 1]`` (the first also
     holds ``length == edges[0]``), where ``edges`` are the ``0, 1/num_strata, ..., 1`` quantiles
     of ``lengths``. Ties can make strata unequal, or empty when many examples share a length;
@@ -46,7 +49,7 @@ def length_strata(
     Args:
       logits: ``[N]`` float logits of the positive class.
       labels: ``[N]`` 0/1 labels.
-      lengths: ``[N]`` token counts (real tokens, after truncation).
+      lengths: ``[N]`` token counts (of the whole texts, before truncation).
       num_strata: number of quantile strata (4: quartiles).
       num_bins: ECE bins.
 
@@ -93,7 +96,7 @@ def evaluation_report(
     Args:
       logits: ``[N]`` float logits of the positive class (every example of the split).
       labels: ``[N]`` 0/1 labels.
-      lengths: ``[N]`` token counts of the examples.
+      lengths: ``[N]`` token counts of the whole texts (before truncation), for the strata.
       temperature: the temperature fitted on the validation split
         (:func:`jaxsent.calibration.fit_temperature`); None skips the scaled metrics.
       num_bins: ECE bins.

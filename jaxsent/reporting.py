@@ -31,6 +31,7 @@ def save_predictions(
     logits,
     labels,
     lengths=None,
+    full_lengths=None,
     where=None,
 ) -> str:
     """Writes one Parquet row per real example: id, label, logit, probability, prediction.
@@ -41,7 +42,10 @@ def save_predictions(
         its split.
       logits: ``[N]`` float logits of the positive class (stored as float32).
       labels: ``[N]`` 0/1 labels.
-      lengths: optional ``[N]`` token counts, stored as an int64 ``length`` column.
+      lengths: optional ``[N]`` token counts the model saw, stored as an int64 ``length``
+        column.
+      full_lengths: optional ``[N]`` token counts of the whole texts (before truncation), an
+        int64 ``full_length`` column.
       where: optional ``[N]`` bool mask; only rows where it is True are written
         (padding rows of fixed-shape evaluation batches).
 
@@ -61,9 +65,17 @@ def save_predictions(
     extra = {}
     if lengths is not None:
         extra["length"] = np.asarray(lengths)
+    if full_lengths is not None:
+        extra["full_length"] = np.asarray(full_lengths)
     if ids.ndim != 1:
         raise ValueError(f"`example_ids` must have shape [N], got shape {ids.shape}.")
-    for name, value in (("logits", logits), ("labels", labels), ("lengths", extra.get("length"))):
+    named = (
+        ("logits", logits),
+        ("labels", labels),
+        ("lengths", extra.get("length")),
+        ("full_lengths", extra.get("full_length")),
+    )
+    for name, value in named:
         if value is None:
             continue
         if value.shape != ids.shape:
@@ -107,7 +119,7 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a file written by ``save_predictions`` into a dict of ``[N]`` numpy arrays.
 
     Keys: the columns (``example_id``, ``label``, ``logit``, ``prob``, ``pred``, and ``length``
-    when the file has it).
+    and ``full_length`` when the file has them).
     """
     table = pq.read_table(os.fspath(path))
     missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
@@ -115,7 +127,8 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(
             f"{os.fspath(path)!r} is not a predictions file: missing columns {missing}."
         )
-    names = [*PREDICTION_COLUMNS, *(["length"] if "length" in table.column_names else [])]
+    optional = [c for c in ("length", "full_length") if c in table.column_names]
+    names = [*PREDICTION_COLUMNS, *optional]
     return {name: table.column(name).to_numpy() for name in names}
 
 

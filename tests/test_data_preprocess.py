@@ -20,6 +20,7 @@ from jaxsent.data import (
     prepare_with_report,
     split_train_validation,
     stratified_subset,
+    to_numpy_columns,
 )
 
 
@@ -79,7 +80,7 @@ def test_prepare_matches_the_tokenizer_directly(tokenizer):
     texts = ["A fine film.<br /><br />Really.", "bad " * 300, "ok", "Meh<br/>meh"]
     ds = _ds(texts, ["pos", "0", "1", "negative"], idx=[7, 8, 9, 10])
     out = prepare(ds, tokenizer, max_length=32, split_name="train")
-    assert out.column_names == ["text", "label", "input_ids", "length", "example_id"]
+    assert out.column_names == ["text", "label", "input_ids", "length", "full_length", "example_id"]
     expected = tokenizer([clean_text(t) for t in texts], truncation=True, max_length=32)
     assert out["input_ids"] == expected["input_ids"]
     assert out["length"] == [sum(m) for m in expected["attention_mask"]]
@@ -315,6 +316,18 @@ def test_head_tail_keeps_both_ends(tokenizer, imdb_texts, head_fraction):
         assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
         assert ids[1 : 1 + head] == whole[1 : 1 + head]
         assert ids[1 + head : -1] == (whole[-1 - tail : -1] if tail else [])
+
+
+def test_full_lengths_count_the_whole_text(tokenizer, imdb_texts):
+    enc = encode_texts(tokenizer, imdb_texts, max_length=64, truncation="head_tail")
+    full = tokenizer([clean_text(t) for t in imdb_texts])["input_ids"]
+    np.testing.assert_array_equal(enc.full_lengths, [len(x) for x in full])
+    np.testing.assert_array_equal(enc.truncated, enc.full_lengths > 64)
+    np.testing.assert_array_equal(enc.lengths, np.minimum(enc.full_lengths, 64))
+    ds = prepare(_ds(imdb_texts[:20], [0, 1] * 10), tokenizer, max_length=64, split_name="t")
+    arrays = to_numpy_columns(ds)
+    np.testing.assert_array_equal(arrays.full_lengths, enc.full_lengths[:20])
+    np.testing.assert_array_equal(arrays.lengths, enc.lengths[:20])
 
 
 def test_head_tail_in_prepare_and_bad_arguments(tokenizer):

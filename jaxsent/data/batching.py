@@ -53,6 +53,8 @@ class TokenArrays:
       lengths: int32 [n], real tokens per example (``offsets`` differences).
       labels: int32 [n].
       example_ids: int32 [n], the ``example_id`` column (row index in the original split).
+      full_lengths: int32 [n], tokens of each whole text before truncation (``lengths`` where
+        the data set does not record them).
     """
 
     token_ids: np.ndarray
@@ -60,6 +62,11 @@ class TokenArrays:
     lengths: np.ndarray
     labels: np.ndarray
     example_ids: np.ndarray
+    full_lengths: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.full_lengths is None:
+            object.__setattr__(self, "full_lengths", self.lengths)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -80,7 +87,9 @@ def to_numpy_columns(ds: datasets.Dataset) -> TokenArrays:
         raise ValueError(
             f"ds lacks column(s) {missing} (run prepare first); columns are {ds.column_names}"
         )
-    table = ds.select_columns(["input_ids", "label", "example_id"]).with_format("arrow")[:]
+    columns = ["input_ids", "label", "example_id"]
+    columns += ["full_length"] if "full_length" in ds.column_names else []
+    table = ds.select_columns(columns).with_format("arrow")[:]
     ids = table["input_ids"].combine_chunks()
     lengths = np.asarray(ids.value_lengths().to_numpy(zero_copy_only=False), dtype=np.int32)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -95,6 +104,9 @@ def to_numpy_columns(ds: datasets.Dataset) -> TokenArrays:
         lengths=lengths,
         labels=table["label"].to_numpy().astype(np.int32),
         example_ids=example_ids.astype(np.int32),
+        full_lengths=(
+            table["full_length"].to_numpy().astype(np.int32) if "full_length" in columns else None
+        ),
     )
 
 

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 ON_BAD_ROWS = ("error", "filter")
 TRUNCATION_MODES = ("head", "head_tail")
 # Bumped whenever the output of `prepare` changes for the same input, to invalidate caches.
-_PREPARE_VERSION = 1
+_PREPARE_VERSION = 2  # 2: the full_length column
 _MARKUP = re.compile(r"<br\s*/?\s*>", re.IGNORECASE)
 _SPACES = re.compile(r"[ \t]{2,}")
 _ERRORS_SHOWN = 5
@@ -28,6 +28,7 @@ PREPARED_FEATURES = datasets.Features(
         "label": datasets.Value("int64"),
         "input_ids": datasets.List(datasets.Value("int32")),
         "length": datasets.Value("int32"),
+        "full_length": datasets.Value("int32"),
         "example_id": datasets.Value("int64"),
     }
 )
@@ -39,7 +40,8 @@ class Encoded:
 
     input_ids: list[list[int]]  # with [CLS] ... [SEP], no padding, at most max_length each
     lengths: np.ndarray  # int32 [N]: len(input_ids[i])
-    truncated: np.ndarray  # bool [N]: the text had more tokens than max_length
+    full_lengths: np.ndarray  # int32 [N]: tokens of the whole text, before truncation
+    truncated: np.ndarray  # bool [N]: full_lengths > max_length
 
 
 def check_truncation(truncation: str, head_fraction: float) -> None:
@@ -89,15 +91,16 @@ def encode_texts(
     budget = max_length - 2
     head = budget if truncation == "head" else round(head_fraction * budget)
     tail = budget - head
-    ids, truncated = [], np.zeros(len(texts), dtype=bool)
-    for i, x in enumerate(full["input_ids"]):
+    ids = []
+    full_lengths = np.array([len(x) for x in full["input_ids"]], dtype=np.int32)
+    truncated = full_lengths > max_length
+    for x in full["input_ids"]:
         if len(x) > max_length:
-            truncated[i] = True
             content = x[1:-1]
             x = [x[0], *content[:head], *content[len(content) - tail :], x[-1]]
         ids.append(x)
     lengths = np.array([len(x) for x in ids], dtype=np.int32)
-    return Encoded(ids, lengths, truncated)
+    return Encoded(ids, lengths, full_lengths, truncated)
 
 
 def clean_text(text: str) -> str:
@@ -306,7 +309,8 @@ def prepare(
     Returns:
       A `datasets.Dataset` with columns ``text`` (raw, as given), ``label`` (int64, 0/1),
       ``input_ids`` (list of int32, no padding), ``length`` (int32: real tokens including special
-      tokens, i.e. the attention-mask sum, <= max_length) and ``example_id`` (int64: the row
+      tokens, i.e. the attention-mask sum, <= max_length), ``full_length`` (int32: tokens of the
+      whole text before truncation) and ``example_id`` (int64: the row
       index in the input split, kept through filtering, so it is stable across runs).
 
     Raises:
@@ -358,6 +362,7 @@ class _Tokenize:
             "label": [normalize_label(v) for v in batch["label"]],
             "input_ids": enc.input_ids,
             "length": enc.lengths.tolist(),
+            "full_length": enc.full_lengths.tolist(),
             "example_id": self.example_ids[np.asarray(indices)].tolist(),
         }
 

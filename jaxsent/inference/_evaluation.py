@@ -90,7 +90,7 @@ def evaluation_results(predictions: dict[str, np.ndarray], trained: TrainedModel
     results = evaluation.evaluation_report(
         predictions["logits"],
         predictions["labels"],
-        predictions["lengths"],
+        predictions["full_lengths"],
         temperature=trained.settings.temperature,
     )
     results["best_step"] = trained.best_step

@@ -236,6 +236,7 @@ def evaluate(
         "logits": logits,
         "labels": labels,
         "lengths": split.arrays.lengths[ids],
+        "full_lengths": split.arrays.full_lengths[ids],
     }
     return values, predictions
 
@@ -578,7 +579,7 @@ def evaluate_best(run: Run) -> FinalReports:
         results = evaluation.evaluation_report(
             predictions["logits"],
             predictions["labels"],
-            predictions["lengths"],
+            predictions["full_lengths"],
             temperature=temperature,
         )
         results["best_step"] = int(best_meta["step"])
