@@ -1,0 +1,107 @@
+"""Helpers for tests that run `python -m train` as a subprocess on the tiny model.
+
+The work directory may be local or a bucket URL (``gs://...``, read through `etils.epath`).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from etils import epath
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = os.environ.get("JAXSENT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+NUM_STEPS = 8
+
+
+def command(model_dir, workdir, *overrides):
+    """The smoke config shrunk to seconds: 8 steps, a log row each step, checkpoints every 2."""
+    return [
+        sys.executable,
+        "-m",
+        "train",
+        "--config",
+        "configs/smoke.py",
+        "--workdir",
+        str(workdir),
+        f"--config.model.name={model_dir}",
+        "--config.data.train_size=192",
+        "--config.data.validation_size=64",
+        "--config.data.eval_size=96",
+        "--config.data.max_length=32",
+        "--config.train.global_batch_size=16",
+        "--config.train.eval_batch_size=32",
+        f"--config.train.num_steps={NUM_STEPS}",
+        "--config.train.log_every_steps=1",
+        "--config.train.eval_every_steps=4",
+        "--config.train.checkpoint_every_steps=2",
+        "--config.train.max_checkpoints=10",
+        *overrides,
+    ]
+
+
+def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    result = dict(os.environ)
+    result.setdefault("JAXSENT_DATA_DIR", DATA_DIR)
+    # Two host devices: the runs below are data-parallel, as on a real accelerator.
+    result["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    result["PYTHONUNBUFFERED"] = "1"
+    result.update(extra or {})
+    return result
+
+
+def run(cmd, *, extra_env=None, **kwargs):
+    return subprocess.run(
+        cmd, cwd=ROOT, env=env(extra_env), capture_output=True, text=True, **kwargs
+    )
+
+
+def start(cmd, *, extra_env=None):
+    """`cmd` in the background, stdout and stderr together."""
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env(extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def metrics_rows(workdir) -> list[dict]:
+    path = epath.Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def train_rows(workdir) -> dict[int, float]:
+    """step -> loss of the last logged train row for that step (a resumed run re-logs steps)."""
+    return {r["step"]: r["loss"] for r in metrics_rows(workdir) if r["split"] == "train"}
+
+
+def read_json(path):
+    return json.loads(epath.Path(path).read_text())
+
+
+def wait_for_step(workdir, step, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    path = epath.Path(workdir) / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
+        if path.exists() and max(train_rows(workdir), default=0) >= step:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def checkpoint_arrays(workdir, step):
+    import jax
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(epath.Path(workdir) / "checkpoints") as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored["state"])
