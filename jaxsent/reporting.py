@@ -1,13 +1,17 @@
 """Evaluation artefacts: the per-example predictions file and the reliability diagram.
 
 Predictions are written as Parquet (one row per real example, columns ``example_id``,
-``label``, ``logit``, ``prob``, ``pred``, and ``length`` when given): typed columns keep the
-float32 logits exact, and the file loads with pyarrow, pandas or
+``label``, ``logit``, ``prob``, ``pred``, and ``length``/``full_length`` when given): typed
+columns keep the float32 logits exact, and the file loads with pyarrow, pandas or
 ``datasets.load_dataset("parquet", ...)``.
+
+Paths may be local or bucket URLs (``gs://...``, see `jaxsent.storage`): an object is written
+whole from memory.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
@@ -15,9 +19,10 @@ import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from etils import epath
 from matplotlib.figure import Figure
 
-from jaxsent import metrics
+from jaxsent import metrics, storage
 
 __all__ = ["plot_reliability_diagram", "read_predictions", "save_predictions"]
 
@@ -110,6 +115,11 @@ def save_predictions(
         }
     )
     path = os.fspath(path)
+    if storage.is_remote(path):
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        epath.Path(path).write_bytes(buffer.getvalue())
+        return path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     pq.write_table(table, path)
     return path
@@ -121,7 +131,10 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Keys: the columns (``example_id``, ``label``, ``logit``, ``prob``, ``pred``, and ``length``
     and ``full_length`` when the file has them).
     """
-    table = pq.read_table(os.fspath(path))
+    source = os.fspath(path)
+    if storage.is_remote(source):
+        source = pa.BufferReader(epath.Path(source).read_bytes())
+    table = pq.read_table(source)
     missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(
@@ -204,6 +217,11 @@ def plot_reliability_diagram(
     summary = f"ECE ({num_bins} bins) = {ece:.4f}, n = {int(count.sum())}"
     fig.suptitle(f"{title or 'Reliability diagram'}\n{summary}")
     path = os.fspath(path)
+    if storage.is_remote(path):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        epath.Path(path).write_bytes(buffer.getvalue())
+        return path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
     return path

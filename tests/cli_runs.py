@@ -1,32 +1,22 @@
-"""Command-line entry points run as a user runs them: in a subprocess, from the repository root.
+"""Helpers for tests that run `python -m train` as a subprocess on the tiny model.
 
-Runs get two host devices (data parallel, as on an accelerator) and the shared data folder.
-`train_command` is a training run of the tiny random BERT (`tiny_models.save_tiny_model_dir`) on
-small samples of SST-2: seconds of compute, every part of the real pipeline.
+The work directory may be local or a bucket URL (``gs://...``, read through `etils.epath`).
 """
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+from etils import epath
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = os.environ.get("JAXSENT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+NUM_STEPS = 8
 TIMEOUT_S = 900  # cold compiles on 2 shared cores
-
-
-def env() -> dict[str, str]:
-    out = dict(os.environ)
-    out.setdefault("JAXSENT_DATA_DIR", DATA_DIR)
-    # Two host devices: the runs below are data-parallel, as on a real accelerator.
-    out["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    out["PYTHONUNBUFFERED"] = "1"
-    return out
-
-
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("timeout", TIMEOUT_S)
-    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, **kwargs)
 
 
 def module(name: str, *args: str) -> list[str]:
@@ -34,14 +24,14 @@ def module(name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", name, *map(str, args)]
 
 
-def train_command(model_dir, workdir, *overrides: str, num_steps: int = 8) -> list[str]:
-    """`python -m train` of the tiny model: 192 train, 64 validation, 96 eval examples."""
+def train_command(model_dir, workdir, *overrides: str, num_steps: int = NUM_STEPS) -> list[str]:
+    """`python -m train` of the tiny model on SST-2: 192 train, 64 validation, 96 eval examples."""
     return module(
         "train",
         "--config",
         "configs/smoke.py",
         "--workdir",
-        str(workdir),
+        workdir,
         f"--config.model.name={model_dir}",
         "--config.data.train_size=192",
         "--config.data.validation_size=64",
@@ -52,6 +42,83 @@ def train_command(model_dir, workdir, *overrides: str, num_steps: int = 8) -> li
         f"--config.train.num_steps={num_steps}",
         *overrides,
     )
+
+
+def command(model_dir, workdir, *overrides):
+    """`train_command` with a log row each step, validation every 4 and checkpoints every 2."""
+    return train_command(
+        model_dir,
+        workdir,
+        "--config.train.log_every_steps=1",
+        "--config.train.eval_every_steps=4",
+        "--config.train.checkpoint_every_steps=2",
+        "--config.train.max_checkpoints=10",
+        *overrides,
+    )
+
+
+def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    result = dict(os.environ)
+    result.setdefault("JAXSENT_DATA_DIR", DATA_DIR)
+    # Two host devices: the runs below are data-parallel, as on a real accelerator.
+    result["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    result["PYTHONUNBUFFERED"] = "1"
+    result.update(extra or {})
+    return result
+
+
+def run(cmd, *, extra_env=None, **kwargs):
+    kwargs.setdefault("timeout", TIMEOUT_S)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=env(extra_env), capture_output=True, text=True, **kwargs
+    )
+
+
+def start(cmd, *, extra_env=None):
+    """`cmd` in the background, stdout and stderr together."""
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env(extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def metrics_rows(workdir) -> list[dict]:
+    path = epath.Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def train_rows(workdir) -> dict[int, float]:
+    """step -> loss of the last logged train row for that step (a resumed run re-logs steps)."""
+    return {r["step"]: r["loss"] for r in metrics_rows(workdir) if r["split"] == "train"}
+
+
+def read_json(path):
+    return json.loads(epath.Path(path).read_text())
+
+
+def wait_for_step(workdir, step, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    path = epath.Path(workdir) / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
+        if path.exists() and max(train_rows(workdir), default=0) >= step:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def checkpoint_arrays(workdir, step):
+    import jax
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(epath.Path(workdir) / "checkpoints") as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored["state"])
 
 
 def train_tiny_run(model_dir, workdir, *overrides: str) -> Path:

@@ -1,4 +1,7 @@
-"""Loading raw sentiment data: known hub benchmarks, a local data directory, or local files.
+"""Loading raw sentiment data: known hub benchmarks, a data directory, or data files.
+
+Data directories and files may be local or in a bucket (``gs://bucket/folder``, any fsspec
+protocol): bucket files are listed through `etils.epath` and read by `datasets` itself (fsspec).
 
 Every loader returns `datasets` objects with exactly two columns, ``text`` (str) and ``label``
 (int 0/1 where the labels are recognisable; see `load_raw`). Row validation (empty text, bad
@@ -7,13 +10,17 @@ labels) happens in `jaxsent.data.preprocess.prepare`, which names the split, row
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
 from collections.abc import Mapping
 
 import datasets
+from etils import epath
+from huggingface_hub.errors import OfflineModeIsEnabled
 
+from jaxsent import storage
 from jaxsent.data.labels import normalize_label
 
 DATA_DIR_ENV = "JAXSENT_DATA_DIR"
@@ -60,9 +67,12 @@ def load_raw(
     2. A known name otherwise: ``datasets.load_dataset`` from the Hugging Face hub
        (``stanfordnlp/imdb``, ``nyu-mll/glue``/``sst2``,
        ``cornell-movie-review-data/rotten_tomatoes``).
-    3. An existing local file (``.parquet``, ``.csv``, ``.json``, ``.jsonl``) or a directory of
+    3. An existing file (``.parquet``, ``.csv``, ``.json``, ``.jsonl``) or a directory of
        such files (one format): one split per file stem, where a hub-style shard suffix is
-       dropped (``train-00000-of-00002.parquet`` -> ``train``).
+       dropped (``train-00000-of-00002.parquet`` -> ``train``). Local, or in a bucket
+       (``gs://bucket/folder``; also for ``data_dir``): `datasets` reads it through fsspec, which
+       its offline mode forbids (``HF_DATASETS_OFFLINE=0`` allows it while ``HF_HUB_OFFLINE=1``
+       keeps the hub off).
 
     Label columns holding known names (``neg``/``pos``, ``negative``/``positive``, any case) or
     ``0``/``1`` in another type (strings, bools, integral floats) are converted to int64. If any
@@ -70,10 +80,10 @@ def load_raw(
     offending rows with their values instead of this function guessing.
 
     Args:
-      name_or_path: a known benchmark name, or a path to a data file or directory.
+      name_or_path: a known benchmark name, or a path or URL to a data file or directory.
       split: one split to return (a `datasets.Dataset`); ``None`` returns every split.
-      data_dir: directory laid out like ``../shared/data`` (``<name>/<split>.parquet``); overrides
-        ``$JAXSENT_DATA_DIR``.
+      data_dir: directory (or bucket URL) laid out like ``../shared/data``
+        (``<name>/<split>.parquet``); overrides ``$JAXSENT_DATA_DIR``.
       text_column: name of the text column in the source; default: the benchmark's column, or
         the first of ``text``, ``sentence``, ``review``, ``content`` present.
       label_column: name of the label column; default: the benchmark's column, or the first of
@@ -86,8 +96,8 @@ def load_raw(
     Raises:
       ValueError: unknown name and no such path, unknown split, missing column, mixed file
         formats, or an empty directory.
-      ConnectionError: a hub data set could not be fetched (e.g. offline); the message says how
-        to use a local copy instead.
+      ConnectionError: a hub data set could not be fetched (e.g. offline), or bucket files were
+        asked for in `datasets`' offline mode; the message says what to do instead.
     """
     known = KNOWN_DATASETS.get(name_or_path)
     if known is not None:
@@ -96,7 +106,10 @@ def load_raw(
         root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
         if root:
             folder = os.path.join(root, name_or_path)
-            files = sorted(glob.glob(os.path.join(folder, "*.parquet")))
+            if storage.is_remote(folder):
+                files = sorted(os.fspath(f) for f in epath.Path(folder).glob("*.parquet"))
+            else:
+                files = sorted(glob.glob(os.path.join(folder, "*.parquet")))
             if not files:
                 raise ValueError(
                     f"no *.parquet files for data set {name_or_path!r} in {folder!r} "
@@ -106,8 +119,10 @@ def load_raw(
             raw = _load_files("parquet", _files_by_split(files), split)
         else:
             raw = _load_hub(known, name_or_path, split)
-    elif os.path.exists(name_or_path):
-        fmt, files_by_split = _local_files(name_or_path)
+    elif os.path.exists(name_or_path) or (
+        storage.is_remote(name_or_path) and epath.Path(name_or_path).exists()
+    ):
+        fmt, files_by_split = _data_files(name_or_path)
         raw = _load_files(fmt, files_by_split, split)
     else:
         raise ValueError(
@@ -134,13 +149,18 @@ def _load_hub(known: KnownDataset, name: str, split: str | None):
         ) from err
 
 
-def _local_files(path: str) -> tuple[str, dict[str, list[str]]]:
-    if os.path.isdir(path):
-        files = sorted(
-            os.path.join(path, f)
-            for f in os.listdir(path)
-            if os.path.splitext(f)[1].lower() in _FORMAT_BY_SUFFIX
-        )
+def _list_dir(path: str) -> list[str] | None:
+    """The paths of the entries of directory `path` (local or a bucket URL); None if a file."""
+    if storage.is_remote(path):
+        folder = epath.Path(path)
+        return [os.fspath(child) for child in folder.iterdir()] if folder.is_dir() else None
+    return [os.path.join(path, f) for f in os.listdir(path)] if os.path.isdir(path) else None
+
+
+def _data_files(path: str) -> tuple[str, dict[str, list[str]]]:
+    entries = _list_dir(path)
+    if entries is not None:
+        files = sorted(f for f in entries if os.path.splitext(f)[1].lower() in _FORMAT_BY_SUFFIX)
         if not files:
             raise ValueError(
                 f"directory {path!r} holds no data files (expected one of "
@@ -175,13 +195,31 @@ def _load_files(fmt: str, files_by_split: dict[str, list[str]], split: str | Non
             raise ValueError(
                 f"split={split!r} not found; available splits: {sorted(files_by_split)}"
             )
-        return datasets.load_dataset(
-            fmt, data_files={key[split]: files_by_split[split]}, split=key[split]
+        with _offline_hint(files_by_split[split]):
+            return datasets.load_dataset(
+                fmt, data_files={key[split]: files_by_split[split]}, split=key[split]
+            )
+    with _offline_hint([f for files in files_by_split.values() for f in files]):
+        loaded = datasets.load_dataset(
+            fmt, data_files={key[name]: files for name, files in files_by_split.items()}
         )
-    loaded = datasets.load_dataset(
-        fmt, data_files={key[name]: files for name, files in files_by_split.items()}
-    )
     return datasets.DatasetDict({name: loaded[key[name]] for name in files_by_split})
+
+
+@contextlib.contextmanager
+def _offline_hint(files: list[str]):
+    """Turns `datasets`' offline refusal of bucket files into an error that says what to set."""
+    try:
+        yield
+    except OfflineModeIsEnabled as err:
+        remote = [f for f in files if storage.is_remote(f)]
+        if not remote:
+            raise
+        raise ConnectionError(
+            f"`datasets` is in offline mode and so refuses to read {remote[0]!r}. Set "
+            "HF_DATASETS_OFFLINE=0 to read data from a bucket (HF_HUB_OFFLINE=1 still keeps "
+            "the Hugging Face hub off), or copy the files to a local folder."
+        ) from err
 
 
 def _pick_column(ds: datasets.Dataset, wanted: str | None, candidates, kind: str, split: str):

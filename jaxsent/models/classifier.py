@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxsent import storage
 from jaxsent.models import bert, bert_params
 
 __all__ = [
@@ -357,12 +359,24 @@ def save_pretrained(
 
     Args:
       model: a classifier or a bare encoder.
-      directory: created if missing; existing files of the same names are overwritten.
+      directory: created if missing; existing files of the same names are overwritten. A bucket
+        URL (``gs://...``) gets the files written to a local temporary folder, then copied.
       tokenizer: optional HF tokenizer to save alongside.
       metadata: JSON-serialisable entries added to a classifier's :data:`METADATA_FILE`
         (e.g. how the model was trained to read text).
     """
     from safetensors.numpy import save_file
+
+    if storage.is_remote(directory):
+        remote = storage.as_path(directory)
+        with tempfile.TemporaryDirectory(prefix="jaxsent-export-") as staging:
+            save_pretrained(model, staging, tokenizer=tokenizer, metadata=metadata)
+            for folder, _, names in os.walk(staging):
+                for name in sorted(names):
+                    local = os.path.join(folder, name)
+                    with open(local, "rb") as f:
+                        (remote / os.path.relpath(local, staging)).write_bytes(f.read())
+        return
 
     directory = os.fspath(directory)
     if isinstance(model, bert.BertModel):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+
+from jaxsent import storage
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,15 @@ def abstract_like(state: nnx.State) -> dict:
 class Checkpoints:
     """Two orbax managers under `workdir`: `checkpoints/` (latest N) and `best/` (best one).
 
+    `workdir` may be local or a bucket URL (``gs://...``): orbax writes there itself.
+
     Saves are asynchronous; `close()` (or `wait()`) blocks until every save is on disk, so a run
     that ends normally never loses its last checkpoint.
     """
 
     def __init__(
         self,
-        workdir: str | Path,
+        workdir: str | os.PathLike,
         *,
         max_to_keep: int = 2,
         best_metric: str = "accuracy",
@@ -49,7 +52,7 @@ class Checkpoints:
     ):
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode={best_mode!r} must be 'max' or 'min'")
-        workdir = Path(workdir).absolute()
+        workdir = storage.as_path(workdir)
         self.best_metric = best_metric
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
@@ -78,7 +81,7 @@ class Checkpoints:
         unreadable (the resume skipped it): it is replaced.
         """
         if step in self.latest.all_steps():
-            log.warning("replacing checkpoint %s", Path(self.latest.directory) / str(step))
+            log.warning("replacing checkpoint %s", epath.Path(self.latest.directory) / str(step))
             self.latest.delete(step)
         self.latest.save(step, args=self._save_args(state, meta), force=True)
 
@@ -122,7 +125,7 @@ class Checkpoints:
             except Exception as err:  # noqa: BLE001 - any read failure means "damaged"
                 log.warning(
                     "checkpoint %s is unreadable (%s: %s); falling back to an older one",
-                    Path(self.latest.directory) / str(step),
+                    epath.Path(self.latest.directory) / str(step),
                     type(err).__name__,
                     err,
                 )

@@ -12,20 +12,20 @@ import json
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from jaxsent import calibration, evaluation, losses, metrics, reporting, sharding
+from jaxsent import calibration, evaluation, losses, metrics, reporting, sharding, storage
 from jaxsent import data as data_lib
 from jaxsent.export import export_run
 from jaxsent.models import SentimentClassifier, load_tokenizer
@@ -264,7 +264,7 @@ class NonFiniteGuard:
     or the data is broken, and training on would only burn compute.
     """
 
-    def __init__(self, limit: int, *, checkpoint_dir: Path):
+    def __init__(self, limit: int, *, checkpoint_dir: epath.Path):
         if limit < 1:
             raise ValueError(f"optim.max_consecutive_nonfinite={limit} must be >= 1")
         self.limit = limit
@@ -313,7 +313,7 @@ class Run:
     """What a run builds before its first step, shared by the parts of `train_and_evaluate`."""
 
     config: ml_collections.ConfigDict
-    workdir: Path
+    workdir: epath.Path
     mesh: jax.sharding.Mesh
     splits: dict[str, Split]
     full_sizes: dict[str, int]
@@ -362,7 +362,9 @@ def make_run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return mesh
 
 
-def build_run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh) -> Run:
+def build_run(
+    config: ml_collections.ConfigDict, workdir: epath.Path, mesh: jax.sharding.Mesh
+) -> Run:
     """Data, model, optimiser, compiled steps and checkpoints for a run over `mesh`."""
     tc = config.train
     loss_fn = loss_from_config(config)
@@ -544,6 +546,7 @@ def train_steps(run: Run, start_step: int, stop: StopSignals) -> None:
             validate(run, done)
         stopping = _stop_agreed(stop, check=at_log_step)
         if done % tc.checkpoint_every_steps == 0 or done == run.total_steps or stopping:
+            run.writer.flush()  # rows up to `done` stored before its checkpoint (object stores)
             run.ckpts.save_latest(done, run.state, run.checkpoint_meta(done))
         if stopping:
             bar.close()
@@ -595,7 +598,7 @@ def extra_eval_dir(key: str) -> str:
 
 
 def _write_report(
-    directory: Path, results: dict[str, Any], predictions: dict[str, np.ndarray], title: str
+    directory: epath.Path, results: dict[str, Any], predictions: dict[str, np.ndarray], title: str
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -642,10 +645,15 @@ def _scalars(results: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in results.items() if isinstance(v, (int, float))}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Fine-tune, select on validation, report on the eval split; returns the eval metrics."""
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: epath.PathLike
+) -> dict[str, Any]:
+    """Fine-tune, select on validation, report on the eval split; returns the eval metrics.
+
+    `workdir` is a local path or a bucket URL (``gs://bucket/run``, any `etils.epath` backend).
+    """
+    workdir = storage.as_path(workdir)
+    storage.make_dirs(workdir)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     mesh = make_run_mesh(config)
