@@ -6,7 +6,30 @@ The flag must be set before jax is imported anywhere, hence here and at module t
 
 import os
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The tiny random BERT classifier saved as a model folder (see tests/tiny_models.py)."""
+    from tiny_models import save_tiny_model_dir
+
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def run_dir(model_dir, tmp_path_factory):
+    """A finished `python -m train` run of the tiny model (8 steps, validation every 4)."""
+    from cli_runs import train_tiny_run
+
+    return train_tiny_run(
+        model_dir,
+        tmp_path_factory.mktemp("run"),
+        "--config.train.eval_every_steps=4",
+        "--config.train.log_every_steps=4",
+    )

@@ -9,25 +9,12 @@ import numpy as np
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-from cli_runs import DATA_DIR, module, run, train_tiny_run
+from cli_runs import DATA_DIR, module, run
 from sklearn import metrics as skm
-from tiny_models import save_tiny_model_dir
 
 from jaxsent.inference import Scorer, evaluation_results, load_eval_split, load_trained
 
 EVAL_SIZE = 96
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    model_dir = save_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
-    workdir = tmp_path_factory.mktemp("run")
-    return train_tiny_run(
-        model_dir,
-        workdir,
-        "--config.train.eval_every_steps=4",
-        "--config.train.log_every_steps=4",
-    )
 
 
 def _results(directory):

@@ -44,7 +44,6 @@ from etils import epath
 from flax import nnx
 from gcs_emulator import emulator_env
 from tensorboardX.proto.event_pb2 import Event
-from tiny_models import save_tiny_model_dir
 
 from jaxsent import reporting, storage
 from jaxsent.data import load_raw
@@ -88,11 +87,6 @@ def gcs():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="module")

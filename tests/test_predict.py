@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-from cli_runs import DATA_DIR, ROOT, module, run, train_tiny_run
+from cli_runs import DATA_DIR, ROOT, module, run
 from flax import nnx
-from tiny_models import save_tiny_model_dir
 
 from jaxsent.data import clean_text
 from jaxsent.inference import Predictor, load_trained, predict_file, probabilities
@@ -35,18 +34,6 @@ TEXTS = [
     "Dull<br />and far too long.",
     "The plot wanders " * 12,  # more than MAX_LENGTH tokens
 ]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    model_dir = save_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
-    workdir = tmp_path_factory.mktemp("run")
-    return train_tiny_run(
-        model_dir,
-        workdir,
-        "--config.train.eval_every_steps=4",
-        "--config.train.log_every_steps=4",
-    )
 
 
 @pytest.fixture(scope="module")

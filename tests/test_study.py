@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
-from tiny_models import save_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = os.environ.get("JAXSENT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -82,10 +81,10 @@ def _command(config, workdir, *extra, archive=None):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(model_dir, tmp_path_factory):
     """The study, SIGKILLed once its first run is finished, then run again to the end."""
     tmp = tmp_path_factory.mktemp("study")
-    config = _study_config(tmp / "tiny_study.py", save_tiny_model_dir(tmp / "tiny_model"))
+    config = _study_config(tmp / "tiny_study.py", model_dir)
     workdir = tmp / "study"
     first = workdir / "bce" / "seed_0" / "eval_results.json"
     proc = subprocess.Popen(

@@ -17,12 +17,6 @@ from cli_runs import (
     train_rows,
     wait_for_step,
 )
-from tiny_models import save_tiny_model_dir
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="module")
