@@ -29,7 +29,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from jaxsent import losses
+from jaxsent import losses, reporting
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ RESULTS_FILE = "eval_results.json"
 ARCHIVED_FILES = ("config.json", "metrics.jsonl", RESULTS_FILE)
 PREDICTIONS_PARQUET = "predictions.parquet"
 PREDICTIONS_CSV = "predictions.csv"
+# The archived prediction columns: enough to compare runs again and to stratify by length
+# (probability and predicted label follow from the logit).
+ARCHIVED_COLUMNS = ("example_id", "label", "logit", "full_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +138,8 @@ def _report_folders(workdir: epath.Path):
 
 def archive_run(run: PlannedRun, archive: epath.Path) -> None:
     """Copies the small result files of a finished run into `archive/<variant>/seed_<n>/`."""
+    import pyarrow
     import pyarrow.csv
-    import pyarrow.parquet
 
     for folder in _report_folders(run.workdir):
         target = archive / folder.relative_to(run.workdir.parent.parent)
@@ -144,7 +147,8 @@ def archive_run(run: PlannedRun, archive: epath.Path) -> None:
         for name in ARCHIVED_FILES:
             if (folder / name).exists():
                 (target / name).write_bytes((folder / name).read_bytes())
-        table = pyarrow.parquet.read_table(str(folder / PREDICTIONS_PARQUET))
+        columns = reporting.read_predictions(folder / PREDICTIONS_PARQUET)
+        table = pyarrow.table({c: columns[c] for c in ARCHIVED_COLUMNS if c in columns})
         buffer = io.BytesIO()
         pyarrow.csv.write_csv(table, buffer)
         (target / PREDICTIONS_CSV).write_bytes(buffer.getvalue())
