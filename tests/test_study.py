@@ -3,20 +3,15 @@ its first run and started again (finished runs are skipped), and its summary che
 independent computation from the runs' own result files."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import module, run, start
 from scipy import stats as scipy_stats
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = os.environ.get("JAXSENT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
 pytestmark = pytest.mark.slow
 
@@ -57,27 +52,18 @@ def _study_config(path: Path, model_dir: Path) -> Path:
     return path
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("JAXSENT_DATA_DIR", DATA_DIR)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _command(config, workdir, *extra, archive=None):
     archive = archive or Path(workdir).parent / "archive"
-    return [
-        sys.executable,
-        "-m",
+    return module(
         "train.study",
         "--config",
-        str(config),
+        config,
         "--workdir",
-        str(workdir),
+        workdir,
         "--num_resamples=200",
         f"--archive={archive}",
         *extra,
-    ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +73,7 @@ def study(model_dir, tmp_path_factory):
     config = _study_config(tmp / "tiny_study.py", model_dir)
     workdir = tmp / "study"
     first = workdir / "bce" / "seed_0" / "eval_results.json"
-    proc = subprocess.Popen(
-        _command(config, workdir),
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start(_command(config, workdir))
     deadline = time.monotonic() + 600
     try:
         while not first.exists():
@@ -109,9 +88,7 @@ def study(model_dir, tmp_path_factory):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    result = subprocess.run(
-        _command(config, workdir), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900
-    )
+    result = run(_command(config, workdir), timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir, result, first_written
 
@@ -212,24 +189,10 @@ def test_report_files(study):
 def test_report_only_and_a_changed_study_is_refused(study, tmp_path):
     workdir, _, _ = study
     config = workdir.parent / "tiny_study.py"
-    report = subprocess.run(
-        _command(config, workdir, "--report_only"),
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    report = run(_command(config, workdir, "--report_only"), timeout=600)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "summary of 4/4 runs" in report.stdout
-    changed = subprocess.run(
-        _command(config, workdir, "--config.seeds=(0, 1, 2)"),
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    changed = run(_command(config, workdir, "--config.seeds=(0, 1, 2)"), timeout=600)
     assert changed.returncode != 0
     assert "holds another study" in changed.stderr
 
@@ -242,12 +205,8 @@ def test_archive_restores_the_study_elsewhere(study, tmp_path):
         not list(archive.rglob("*.parquet")) and not (archive / "bce" / "seed_0" / "best").exists()
     )
     elsewhere = tmp_path / "elsewhere"
-    result = subprocess.run(
+    result = run(
         _command(workdir.parent / "tiny_study.py", elsewhere, "--report_only", archive=archive),
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
