@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxsent import calibration, metrics
 
-__all__ = ["STRATUM_METRICS", "evaluation_report", "length_strata"]
+__all__ = ["STRATUM_METRICS", "evaluation_report", "length_strata", "scalar_metrics"]
 
 # Metrics reported per length stratum: the seed's length hypothesis is about accuracy and
 # calibration on long reviews.
@@ -26,10 +26,14 @@ STRATUM_METRICS = ("accuracy", "nll", "brier", "ece")
 _jit_metrics = jax.jit(metrics.binary_classification_metrics, static_argnames="num_bins")
 
 
-def _as_floats(values: dict[str, jax.Array]) -> dict[str, Any]:
+def scalar_metrics(logits, labels, *, where=None, num_bins: int = 15) -> dict[str, Any]:
+    """`jaxsent.metrics.binary_classification_metrics` (jitted) as Python floats.
+
+    ``n_examples`` is an int; the rest are floats.
+    """
+    values = _jit_metrics(jnp.asarray(logits), jnp.asarray(labels), where=where, num_bins=num_bins)
     out = {k: float(v) for k, v in values.items() if k != "n_examples"}
-    if "n_examples" in values:
-        out["n_examples"] = int(values["n_examples"])
+    out["n_examples"] = int(values["n_examples"])
     return out
 
 
@@ -74,8 +78,8 @@ def length_strata(
         where = stratum == k
         row = {"low": float(edges[k]), "high": float(edges[k + 1]), "n_examples": int(where.sum())}
         if row["n_examples"]:
-            values = _jit_metrics(logits, labels, where=jnp.asarray(where), num_bins=num_bins)
-            row.update({m: float(values[m]) for m in STRATUM_METRICS})
+            values = scalar_metrics(logits, labels, where=jnp.asarray(where), num_bins=num_bins)
+            row.update({m: values[m] for m in STRATUM_METRICS})
         else:
             row.update(dict.fromkeys(STRATUM_METRICS))
         strata.append(row)
@@ -111,13 +115,13 @@ def evaluation_report(
     """
     logits = jnp.asarray(logits, jnp.float32)
     labels = jnp.asarray(labels)
-    report = _as_floats(_jit_metrics(logits, labels, num_bins=num_bins))
+    report = scalar_metrics(logits, labels, num_bins=num_bins)
     if temperature is not None:
-        scaled = _jit_metrics(
+        scaled = scalar_metrics(
             calibration.apply_temperature(logits, temperature), labels, num_bins=num_bins
         )
         report["temperature"] = float(temperature)
-        report.update({f"{k}_ts": float(scaled[k]) for k in ("nll", "brier", "ece")})
+        report.update({f"{k}_ts": scaled[k] for k in ("nll", "brier", "ece")})
     report["length_strata"] = length_strata(
         logits, labels, lengths, num_strata=num_length_strata, num_bins=num_bins
     )

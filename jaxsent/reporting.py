@@ -1,4 +1,5 @@
-"""Evaluation artefacts: the per-example predictions file and the reliability diagram.
+"""Evaluation artefacts: the per-example predictions file, the reliability diagram, and the
+report folder that holds them with ``eval_results.json`` (`write_report`).
 
 Predictions are written as Parquet (one row per real example, columns ``example_id``,
 ``label``, ``logit``, ``prob``, ``pred``, and ``length``/``full_length`` when given): typed
@@ -12,8 +13,10 @@ whole from memory.
 from __future__ import annotations
 
 import io
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -24,7 +27,7 @@ from matplotlib.figure import Figure
 
 from jaxsent import metrics, storage
 
-__all__ = ["plot_reliability_diagram", "read_predictions", "save_predictions"]
+__all__ = ["plot_reliability_diagram", "read_predictions", "save_predictions", "write_report"]
 
 PREDICTION_COLUMNS = ("example_id", "label", "logit", "prob", "pred")
 
@@ -225,3 +228,29 @@ def plot_reliability_diagram(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
     return path
+
+
+def write_report(
+    directory: str | os.PathLike,
+    results: Mapping[str, Any],
+    predictions: Mapping[str, np.ndarray],
+    *,
+    title: str,
+) -> None:
+    """Writes an evaluation's folder: ``eval_results.json``, ``predictions.parquet`` and
+    ``reliability.png``.
+
+    Args:
+      directory: output folder (local or bucket URL); created when missing.
+      results: the JSON-serialisable metrics (e.g. `jaxsent.evaluation.evaluation_report`).
+      predictions: the keyword arguments of `save_predictions` (``example_ids``, ``logits``,
+        ``labels``, optionally ``lengths`` and ``full_lengths``).
+      title: the reliability diagram's title.
+    """
+    directory = storage.as_path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    save_predictions(directory / "predictions.parquet", **predictions)
+    plot_reliability_diagram(
+        predictions["logits"], predictions["labels"], directory / "reliability.png", title=title
+    )

@@ -80,7 +80,7 @@ def test_a_run_without_export_is_evaluated_from_its_best_checkpoint(run_dir, tmp
         boundaries=trained.settings.bucket_boundaries,
         pad_id=trained.tokenizer.pad_token_id,
     )
-    _, predictions = scorer.evaluate(split)
+    predictions = scorer.predict_split(split)
     ours = evaluation_results(predictions, trained)
     theirs = {k: v for k, v in _results(run_dir).items() if k not in ("notes", "split")}
     _assert_close(ours, theirs, atol=1e-6)

@@ -1,5 +1,7 @@
 """jaxsent.reporting: predictions round trip and the reliability diagram PNG."""
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -95,3 +97,16 @@ def test_reliability_diagram_writes_png(tmp_path, eval_batch, positive_class):
     assert image.shape[0] > 100 and image.shape[1] > 100
     # Not a blank canvas: the bars and text put many distinct colours on it.
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10
+
+
+def test_write_report_writes_the_three_files(tmp_path, eval_batch):
+    ids, logits, labels, where = eval_batch
+    predictions = {"example_ids": ids[where], "logits": logits[where], "labels": labels[where]}
+    results = {"accuracy": 0.5, "n_examples": 9, "notes": ["a note"]}
+    reporting.write_report(tmp_path / "new" / "dir", results, predictions, title="t")
+    directory = tmp_path / "new" / "dir"
+    assert json.loads((directory / "eval_results.json").read_text()) == results
+    got = reporting.read_predictions(directory / "predictions.parquet")
+    np.testing.assert_array_equal(got["example_id"], ids[where])
+    np.testing.assert_array_equal(got["logit"], logits[where])
+    assert (directory / "reliability.png").read_bytes().startswith(PNG_MAGIC)

@@ -14,7 +14,6 @@ run's fitted temperature): `eval_results.json`, `predictions.parquet` and `relia
 
 import os
 import sys
-from pathlib import Path
 
 from absl import app, flags
 
@@ -72,7 +71,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_process()
     from jaxsent.inference import Scorer, evaluation_results, load_eval_split, load_trained
-    from jaxsent.training.loop import _write_report  # the run's own report writer
+    from jaxsent.reporting import write_report
 
     try:
         trained = load_trained(FLAGS.model)
@@ -94,12 +93,12 @@ def main(argv):
             boundaries=trained.settings.bucket_boundaries,
             pad_id=trained.tokenizer.pad_token_id or 0,
         )
-        _, predictions = scorer.evaluate(split)
+        predictions = scorer.predict_split(split)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, ConnectionError) as err:
         sys.exit(f"error: {err}")
     results = evaluation_results(predictions, trained)
     results.update(split=FLAGS.split, data=FLAGS.data, model=trained.describe(), notes=notes)
-    _write_report(Path(directory), results, predictions, title=f"{FLAGS.data} {FLAGS.split}")
+    write_report(directory, results, predictions, title=f"{FLAGS.data} {FLAGS.split}")
     _print_results(results, directory)
 
 

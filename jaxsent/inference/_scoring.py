@@ -66,10 +66,10 @@ class Scorer:
                 out[spec.indices[real]] = logits[real]
         return out
 
-    def evaluate(self, split) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """`jaxsent.training.loop.evaluate` of a `loop.Split` (training's evaluation code)."""
+    def predict_split(self, split) -> dict[str, np.ndarray]:
+        """`jaxsent.training.loop.predict_split` of a `loop.Split` (training's evaluation code)."""
         with jax.set_mesh(self.mesh):
-            return loop.evaluate(
+            return loop.predict_split(
                 self.step,
                 self.state,
                 split,

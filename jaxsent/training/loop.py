@@ -8,7 +8,6 @@ on the evaluation split from the best checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -25,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from jaxsent import calibration, evaluation, losses, metrics, reporting, sharding, storage
+from jaxsent import calibration, evaluation, losses, reporting, sharding, storage
 from jaxsent import data as data_lib
 from jaxsent.export import export_run
 from jaxsent.models import SentimentClassifier, load_tokenizer
@@ -161,9 +160,6 @@ def parse_extra_evals(spec: str) -> dict[str, tuple[str, str]]:
     return entries
 
 
-_jit_metrics = jax.jit(metrics.binary_classification_metrics, static_argnames="num_bins")
-
-
 class BatchPlacer:
     """Turns a global `BatchSpec` into device arrays sharded over the mesh's `data` axis.
 
@@ -190,7 +186,7 @@ class BatchPlacer:
         }
 
 
-def evaluate(
+def predict_split(
     steps: StepFunctions,
     state: nnx.State,
     split: Split,
@@ -198,12 +194,15 @@ def evaluate(
     batch_size: int,
     boundaries,
     place: BatchPlacer,
-    num_bins: int = 15,
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Metrics over every example of `split` and the per-example predictions.
+) -> dict[str, np.ndarray]:
+    """The logits of every example of `split`, with their ids, labels and lengths.
 
     The last batch is padded and masked, never dropped; the count of scored examples is checked
     against the split's size.
+
+    Returns:
+      ``example_ids``, ``logits`` (float32), ``labels``, ``lengths`` (tokens the model read) and
+      ``full_lengths`` (tokens of the whole texts), each ``[len(split)]``, in scoring order.
     """
     plan = data_lib.batch_plan(
         split.arrays.lengths,
@@ -221,24 +220,18 @@ def evaluate(
         ids.append(spec.indices[real])
         logits_out.append(logits[real])
     ids = np.concatenate(ids)
-    logits = np.concatenate(logits_out).astype(np.float32)
     if len(ids) != len(split) or len(np.unique(ids)) != len(split):
         raise RuntimeError(
             f"evaluation of split {split.name!r} scored {len(np.unique(ids))} distinct of "
             f"{len(split)} examples"
         )
-    labels = split.arrays.labels[ids]
-    values = _jit_metrics(jnp.asarray(logits), jnp.asarray(labels), num_bins=num_bins)
-    values = {k: float(v) for k, v in values.items()}
-    values["n_examples"] = int(values["n_examples"])
-    predictions = {
+    return {
         "example_ids": split.arrays.example_ids[ids],
-        "logits": logits,
-        "labels": labels,
+        "logits": np.concatenate(logits_out).astype(np.float32),
+        "labels": split.arrays.labels[ids],
         "lengths": split.arrays.lengths[ids],
         "full_lengths": split.arrays.full_lengths[ids],
     }
-    return values, predictions
 
 
 def _describe_subsets(config, splits: dict[str, Split], full_sizes: dict[str, int]) -> list[str]:
@@ -333,8 +326,8 @@ class Run:
     def is_main(self) -> bool:
         return jax.process_index() == 0
 
-    def evaluate(self, split: Split) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        return evaluate(
+    def predict(self, split: Split) -> dict[str, np.ndarray]:
+        return predict_split(
             self.steps,
             self.state,
             split,
@@ -453,7 +446,8 @@ def resume(run: Run) -> int:
 def validate(run: Run, step: int) -> None:
     """Validation metrics at `step`, offered to the best-checkpoint manager."""
     tc = run.config.train
-    values, _ = run.evaluate(run.splits["validation"])
+    predictions = run.predict(run.splits["validation"])
+    values = evaluation.scalar_metrics(predictions["logits"], predictions["labels"])
     run.writer.write(step, "validation", values)
     score = values[tc.best_metric]
     if run.best is None or (score > run.best if tc.best_mode == "max" else score < run.best):
@@ -573,12 +567,12 @@ def evaluate_best(run: Run) -> FinalReports:
       ``{"eval": (results, predictions), "<name>:<split>": (results, predictions), ...}``.
     """
     run.state, best_meta = run.ckpts.restore_best(run.state)
-    _, validation = run.evaluate(run.splits["validation"])
+    validation = run.predict(run.splits["validation"])
     temperature = float(calibration.fit_temperature(validation["logits"], validation["labels"]))
     reports = {}
     extra = [key for key in run.splits if key not in ("train", "validation")]
     for key in extra:
-        _, predictions = run.evaluate(run.splits[key])
+        predictions = run.predict(run.splits[key])
         results = evaluation.evaluation_report(
             predictions["logits"],
             predictions["labels"],
@@ -595,17 +589,6 @@ def evaluate_best(run: Run) -> FinalReports:
 def extra_eval_dir(key: str) -> str:
     """The subfolder of `extra_evals/` for the extra evaluation set `key` ('name:split')."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in key.replace(":", "-"))
-
-
-def _write_report(
-    directory: epath.Path, results: dict[str, Any], predictions: dict[str, np.ndarray], title: str
-) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    reporting.save_predictions(directory / "predictions.parquet", **predictions)
-    reporting.plot_reliability_diagram(
-        predictions["logits"], predictions["labels"], directory / "reliability.png", title=title
-    )
 
 
 def write_final_outputs(run: Run, reports: FinalReports) -> dict[str, Any]:
@@ -625,13 +608,13 @@ def write_final_outputs(run: Run, reports: FinalReports) -> dict[str, Any]:
         return results
     loss = f"{run.config.loss.name} loss"
     for key, (extra_results, extra_predictions) in extra.items():
-        _write_report(
+        reporting.write_report(
             run.workdir / "extra_evals" / extra_eval_dir(key),
             extra_results,
             extra_predictions,
             title=f"{key} ({loss})",
         )
-    _write_report(
+    reporting.write_report(
         run.workdir,
         results,
         predictions,
