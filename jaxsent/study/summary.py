@@ -192,8 +192,9 @@ def verdict(label: str, rows: Sequence[dict[str, Any]]) -> str:
         if words != "no detectable effect":
             effects.append(f"{words} {row['metric']}")
     conclusion = "; ".join(effects) if effects else "no detectable effect"
+    seeds = f"{first['n_seeds']} seed" + ("s" if first["n_seeds"] != 1 else "")
     return (
-        f"{label} ({first['variant']} vs {first['baseline']}, {first['n_seeds']} seeds, "
+        f"{label} ({first['variant']} vs {first['baseline']}, {seeds}, "
         f"{first['eval_set']}): {conclusion}. " + "; ".join(parts) + "."
     )
 
