@@ -288,3 +288,30 @@ def test_building_block_shapes():
     np.testing.assert_array_equal(outputs[4][~m], 0.0)
     np.testing.assert_array_equal(outputs[5][~m], 0.0)
     np.testing.assert_allclose(jnp.mean(outputs[5][m]), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [-0.5, -1.0, -2.0])
+def test_reversed_focal_pushes_confident_mistakes_further_wrong(gamma):
+    # The reversed focal loss p_t^a (-log p_t), a = |gamma|, is not monotone in p_t: its
+    # derivative p_t^(a - 1) (-a log p_t - 1) changes sign at p_t = exp(-1 / a), so below that
+    # gradient descent moves a mistake further from its label (the collapse the loss study saw).
+    # Reference: that closed form times dp/dz = p (1 - p), for label 1.
+    a = -gamma
+    p = np.concatenate([np.geomspace(1e-3, 0.99, 40), [np.exp(-1 / a) * 0.9, np.exp(-1 / a) * 1.1]])
+    z = np.log(p) - np.log1p(-p)
+    grad = jax.grad(
+        lambda x: len(z) * losses.sentiment_loss(x, jnp.ones(len(z), jnp.int32), gamma_focal=gamma)
+    )(jnp.asarray(z, jnp.float32))
+    expected = p**a * (1 - p) * (-a * np.log(p) - 1)
+    np.testing.assert_allclose(grad, expected, rtol=2e-5, atol=1e-7)
+    below = p < np.exp(-1 / a)
+    assert np.all(np.asarray(grad)[below] > 0) and np.all(np.asarray(grad)[~below] < 0)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.1, 2.0])
+def test_standard_focal_always_pushes_towards_the_label(gamma):
+    z = jnp.linspace(-12.0, 12.0, 97)
+    grad = jax.grad(lambda x: losses.sentiment_loss(x, jnp.ones(97, jnp.int32), gamma_focal=gamma))(
+        z
+    )
+    assert np.all(np.asarray(grad) < 0)
