@@ -315,3 +315,26 @@ def test_standard_focal_always_pushes_towards_the_label(gamma):
         z
     )
     assert np.all(np.asarray(grad) < 0)
+
+
+@pytest.mark.parametrize("stop_gradient_weights", [False, True])
+def test_confidence_weighting_rewards_abstaining(stop_gradient_weights):
+    # The batch-normalised confidence weights make the loss a weighted mean of BCE with weights
+    # |tanh(z / 2)|: a model undecided (z = 0, weight 0) on all but two examples, which it gets
+    # right with confidence, has a lower loss than one right on 60 of 64 at |z| = 3. This is the
+    # degenerate solution the loss study's confidence_only runs found (chance accuracy, lowest
+    # training loss). Stopping the gradient changes the descent direction, not the loss value.
+    labels = jnp.arange(64) % 2
+    honest = 3.0 * (2.0 * labels - 1.0) * jnp.where(jnp.arange(64) < 4, -1.0, 1.0)
+    abstaining = jnp.zeros(64).at[:2].set(20.0 * (2.0 * labels[:2] - 1.0))
+
+    def confidence_only(z):
+        return losses.sentiment_loss(
+            z,
+            labels,
+            confidence_weighting=True,
+            stop_gradient_weights=stop_gradient_weights,
+        )
+
+    assert confidence_only(abstaining) < 1e-8 < 0.1 < confidence_only(honest)
+    assert losses.bce_loss(abstaining, labels) > 0.6 > 0.3 > losses.bce_loss(honest, labels)
