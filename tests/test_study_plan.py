@@ -1,10 +1,12 @@
-"""`jaxsent.study.runner.plan_study`: the runs a study config means; a bad one is refused."""
+"""The study's plan (`runner.plan_study`; a bad study is refused) and its summary.json."""
+
+import json
 
 import ml_collections
 import pytest
 
 from jaxsent import losses
-from jaxsent.study import runner
+from jaxsent.study import report, runner
 
 
 def _study(**fields):
@@ -67,3 +69,17 @@ def test_runs_are_seed_major_with_the_preset_and_overrides_applied(tmp_path):
 def test_a_bad_study_is_refused_naming_the_field(tmp_path, fields, error, message):
     with pytest.raises(error, match=message):
         runner.plan_study(_study(**fields), tmp_path)
+
+
+def test_summary_json_is_strict_json():
+    summary = {
+        "variants": {"bce": {"n_seeds": 1, "accuracy": {"mean": 0.9, "ci_low": float("nan")}}},
+        "runs": [{"x": [1.0, float("inf")], "label": "bce"}],
+    }
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    parsed = json.loads(report.summary_json(summary), parse_constant=refuse)
+    assert parsed["variants"]["bce"]["accuracy"] == {"mean": 0.9, "ci_low": None}
+    assert parsed["runs"] == [{"x": [1.0, None], "label": "bce"}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -208,12 +209,27 @@ def markdown_report(
     return "\n".join(lines)
 
 
+def summary_json(summary: dict[str, Any]) -> str:
+    """`summary` as strict JSON: a NaN (an interval of one seed) or infinity becomes null."""
+
+    def strict(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: strict(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(v) for v in value]
+        return value
+
+    return json.dumps(strict(summary), indent=2, allow_nan=False) + "\n"
+
+
 def write_report(
     summary: dict[str, Any], runs, workdir: epath.Path, *, eval_sets: Sequence[str], command: str
 ) -> None:
     """Writes summary.json, summary.csv, the figures and report.md into `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (workdir / "summary.json").write_text(summary_json(summary))
     write_csv(summary["runs"], workdir / "summary.csv")
     figures: dict[str, str] = {}
     if summary["runs"]:
