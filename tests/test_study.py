@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from cli_runs import module, run, start
 from scipy import stats as scipy_stats
@@ -126,6 +127,12 @@ def test_summary_matches_an_independent_computation(study):
             assert row[key] == mine[key]
         assert row["sst2:validation/accuracy"] == mine["extra_evals"]["sst2:validation"]["accuracy"]
         assert row["length_q1/accuracy"] == mine["length_strata"]["strata"][0]["accuracy"]
+        folder = workdir / row["variant"] / f"seed_{row['seed']}"
+        logits = pq.read_table(folder / "predictions.parquet").column("logit").to_numpy()
+        assert row["median_abs_logit"] == pytest.approx(np.median(np.abs(logits)), rel=1e-7)
+        assert row["positive_rate"] == np.mean(logits > 0)
+        log = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert row["final_train_loss"] == [r["loss"] for r in log if r["split"] == "train"][-1]
     for variant in ("bce", "focal_seed"):
         aggregate = summary["variants"][variant]
         assert aggregate["n_seeds"] == 2
@@ -177,6 +184,7 @@ def test_report_files(study):
         assert (workdir / name).is_file(), name
     report = (workdir / "report.md").read_text()
     assert "the seed's focal loss (every term combined) (focal_seed vs bce, 2 seeds" in report
+    assert "| bce | 2 | " in report.split("## How decided the models are (eval split)")[1]
     csv_lines = (workdir / "summary.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("variant,seed,workdir,")
     extra = workdir / "focal_seed" / "seed_1" / "extra_evals" / "sst2-validation"

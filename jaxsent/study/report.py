@@ -27,6 +27,7 @@ TABLE_METRICS = (
     "temperature",
 )
 FIGURE_METRICS = ("accuracy", "nll", "brier", "ece", "nll_ts", "ece_ts")
+DECISIVENESS = ("accuracy", "median_abs_logit", "positive_rate", "final_train_loss")
 
 
 def _save(fig: Figure, path: epath.Path) -> str:
@@ -191,6 +192,20 @@ def markdown_report(
         for name in (f"metrics_{eval_set}", f"reliability_{eval_set}"):
             if name in figures:
                 lines += ["", f"![{name}]({figures[name]})"]
+    lines += [
+        "",
+        "## How decided the models are (eval split)",
+        "",
+        "A loss that falls while accuracy stays low has been lowered without learning: by "
+        "abstaining (logits near 0) or by predicting one class. The training loss is in each "
+        "variant's own loss, so it compares seeds, not variants.",
+        "",
+        "| variant | seeds | " + " | ".join(DECISIVENESS) + " |",
+        "|---|---|" + "---|" * len(DECISIVENESS),
+    ]
+    for variant, values in summary["variants"].items():
+        cells = [_interval_cell(values.get(m), m) for m in DECISIVENESS]
+        lines += [f"| {variant} | {values['n_seeds']} | " + " | ".join(cells) + " |"]
     if "length_strata" in figures:
         lines += [
             "",

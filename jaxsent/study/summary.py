@@ -57,13 +57,39 @@ def read_results(run: PlannedRun) -> dict[str, Any]:
 
 
 def run_rows(runs: Iterable[PlannedRun]) -> list[dict[str, Any]]:
-    """One row per finished run: variant, seed, work directory and every scalar metric."""
+    """One row per finished run: variant, seed, work directory, every scalar metric and the
+    `decisiveness` of its predictions."""
     return [
         {"variant": run.variant, "seed": run.seed, "workdir": str(run.workdir)}
         | flatten_results(read_results(run))
+        | decisiveness(run)
         for run in runs
         if run.done
     ]
+
+
+def decisiveness(run: PlannedRun) -> dict[str, float]:
+    """How decided a run's model is, which shows a loss that is lowered without learning.
+
+    ``median_abs_logit`` and ``positive_rate`` (share predicted positive) on the eval split, and
+    ``final_train_loss`` (the last logged training loss, in the run's own loss: comparable
+    across seeds, not across losses).
+    """
+    _, logits, _, _ = _predictions(run, "eval")
+    out = {
+        "median_abs_logit": float(np.median(np.abs(logits))),
+        "positive_rate": float(np.mean(logits > 0)),
+    }
+    log_file = run.workdir / "metrics.jsonl"
+    if log_file.exists():
+        losses = [
+            row["loss"]
+            for row in map(json.loads, log_file.read_text().splitlines())
+            if row.get("split") == "train" and "loss" in row
+        ]
+        if losses:
+            out["final_train_loss"] = float(losses[-1])
+    return out
 
 
 def variant_intervals(rows: Sequence[dict[str, Any]], *, confidence: float = 0.95):
