@@ -1,11 +1,13 @@
-"""The README's main job: MiniLM fine-tuned on IMDB with the focal loss, ~30 min on 2 CPU cores.
+"""The README's main job: MiniLM fine-tuned on IMDB with the seed's focal loss, ~22 min on 2 CPU
+cores.
 
 To fit the budget it trains on a stratified subset of IMDB train and reports on a fixed
 stratified sample of the test split; the run says so in its output. `imdb_minilm_full` is the
-same recipe on all of IMDB.
+same recipe (head-only truncation and the default loss aside) on all of IMDB.
 """
 
 from configs import default
+from jaxsent.losses import LOSS_PRESETS
 
 
 def get_config():
@@ -18,6 +20,10 @@ def get_config():
     config.data.train_size = 6000
     config.data.validation_size = 500
     config.data.eval_size = 2000
+    # The seed's focal loss, with which this job's figures were measured (docs/benchmarks.md). The
+    # library default is plain BCE since the SST-2 loss study; the IMDB study (docs/study.md)
+    # compares the two on IMDB and decides this job's loss.
+    config.loss.update(LOSS_PRESETS["focal_seed"])
     config.model.pooling = "mean"
     config.optim.learning_rate = 1e-4
     config.train.global_batch_size = 32

@@ -1,4 +1,4 @@
-"""MiniLM on all of IMDB (22,500 train / 2,500 validation / 25,000 test) at 512 tokens."""
+"""MiniLM on all of IMDB (22,500 train, 2,500 validation, 25,000 test) at 512, default loss."""
 
 from configs import default
 

@@ -541,9 +541,10 @@ def test_preset_is_a_complete_truthful_config_loss(name):
 
 
 def test_default_config_fields_describe_its_loss():
-    """The default config's 'focal' with the new switches at their defaults is what
-    'sentiment' computes from the same fields."""
+    """The default config's loss is the `bce` preset (the loss study's evidence, docs/study.md),
+    and 'sentiment' computes the same loss from the same fields."""
     config = default_loss_fields()
+    assert config.to_dict() == dict(losses.LOSS_PRESETS["bce"])
     logits, labels, lengths = random_batch(14)
     fields = {k: v for k, v in config.items() if k != "name"}
     assert_identical(
