@@ -17,7 +17,13 @@ import numpy as np
 
 from jaxsent import calibration, metrics
 
-__all__ = ["STRATUM_METRICS", "evaluation_report", "length_strata", "scalar_metrics"]
+__all__ = [
+    "STRATUM_METRICS",
+    "evaluation_report",
+    "length_strata",
+    "length_stratum_index",
+    "scalar_metrics",
+]
 
 # Metrics reported per length stratum: the seed's length hypothesis is about accuracy and
 # calibration on long reviews.
@@ -37,6 +43,27 @@ def scalar_metrics(logits, labels, *, where=None, num_bins: int = 15) -> dict[st
     return out
 
 
+def length_stratum_index(lengths, *, num_strata: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The quantile edges of ``lengths`` and each example's stratum, as `length_strata` uses them.
+
+    Stratum ``k`` holds the examples with ``edges[k] < length <= edges[k + 1]`` (the first also
+    holds ``length == edges[0]``), where ``edges`` are the ``0, 1/num_strata, ..., 1`` quantiles
+    of ``lengths``.
+
+    Returns:
+      ``(edges, stratum)``: float64 ``[num_strata + 1]`` and int ``[N]`` in ``[0, num_strata)``.
+    """
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1:
+        raise ValueError(f"`lengths` must have shape [N], got {lengths.shape}")
+    if lengths.size == 0:
+        raise ValueError("`lengths` is empty: no example to stratify")
+    if num_strata < 1:
+        raise ValueError(f"`num_strata` must be >= 1, got {num_strata}")
+    edges = np.quantile(lengths.astype(np.float64), np.linspace(0.0, 1.0, num_strata + 1))
+    return edges, np.searchsorted(edges[1:-1], lengths, side="left")
+
+
 def length_strata(
     logits, labels, lengths, *, num_strata: int = 4, num_bins: int = 15
 ) -> dict[str, Any]:
@@ -45,10 +72,9 @@ def length_strata(
     Pass the lengths of the whole texts (before truncation): with truncation the used lengths
     pile up at ``max_length`` and the upper quantiles collapse into one value.
 
-    Stratum ``k`` holds the examples with ``edges[k] < length <= edges[k + 1]`` (the first also
-    holds ``length == edges[0]``), where ``edges`` are the ``0, 1/num_strata, ..., 1`` quantiles
-    of ``lengths``. Ties can make strata unequal, or empty when many examples share a length;
-    every stratum reports its ``n_examples``, and an empty one has no metrics (None).
+    The strata are those of `length_stratum_index`. Ties can make strata unequal, or empty when
+    many examples share a length; every stratum reports its ``n_examples``, and an empty one has
+    no metrics (None).
 
     Args:
       logits: ``[N]`` float logits of the positive class.
@@ -66,12 +92,7 @@ def length_strata(
         raise ValueError(
             f"`lengths` must have shape [N] like `logits` {np.shape(logits)}, got {lengths.shape}"
         )
-    if lengths.size == 0:
-        raise ValueError("`lengths` is empty: no example to stratify")
-    if num_strata < 1:
-        raise ValueError(f"`num_strata` must be >= 1, got {num_strata}")
-    edges = np.quantile(lengths.astype(np.float64), np.linspace(0.0, 1.0, num_strata + 1))
-    stratum = np.searchsorted(edges[1:-1], lengths, side="left")
+    edges, stratum = length_stratum_index(lengths, num_strata=num_strata)
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     strata = []
     for k in range(num_strata):

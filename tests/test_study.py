@@ -166,6 +166,34 @@ def test_summary_matches_an_independent_computation(study):
         assert row["difference"] == pytest.approx(expected, abs=1e-6)
         assert row["ci_low"] <= row["difference"] <= row["ci_high"]
         assert 0 <= row["p_value"] <= 1
+    # Per length quartile: the strata of each run's own `length_strata`, and the same mean of
+    # per-seed differences within each.
+    by_length = [
+        c
+        for c in summary["comparisons_by_length"]
+        if (c["variant"], c["metric"]) == ("focal_seed", "accuracy")
+    ]
+    strata = results["bce", 0]["length_strata"]["strata"]
+    assert [c["stratum"] for c in by_length] == [
+        k + 1 for k, s in enumerate(strata) if s["n_examples"]
+    ]
+    assert sum(c["n_examples"] for c in by_length) == results["bce", 0]["n_examples"]
+    for row in by_length:
+        k = row["stratum"] - 1
+        assert (row["low"], row["high"], row["n_examples"]) == (
+            strata[k]["low"],
+            strata[k]["high"],
+            strata[k]["n_examples"],
+        )
+        expected = np.mean(
+            [
+                results["focal_seed", s]["length_strata"]["strata"][k]["accuracy"]
+                - results["bce", s]["length_strata"]["strata"][k]["accuracy"]
+                for s in (0, 1)
+            ]
+        )
+        assert row["difference"] == pytest.approx(expected, abs=1e-6)
+        assert row["ci_low"] <= row["difference"] <= row["ci_high"]
 
 
 def test_report_files(study):
@@ -185,6 +213,7 @@ def test_report_files(study):
     report = (workdir / "report.md").read_text()
     assert "the seed's focal loss (every term combined) (focal_seed vs bce, 2 seeds" in report
     assert "| bce | 2 | " in report.split("## How decided the models are (eval split)")[1]
+    assert "| focal_seed | bce | accuracy | 2 | " in report.split("per length quartile")[1]
     csv_lines = (workdir / "summary.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("variant,seed,workdir,")
     extra = workdir / "focal_seed" / "seed_1" / "extra_evals" / "sst2-validation"

@@ -1,12 +1,15 @@
-"""The study's plan (`runner.plan_study`; a bad study is refused) and its summary.json."""
+"""The study's plan (`runner.plan_study`; a bad study is refused) and its summary."""
 
 import json
 
 import ml_collections
+import numpy as np
 import pytest
+from etils import epath
 
-from jaxsent import losses
+from jaxsent import evaluation, losses
 from jaxsent.study import report, runner
+from jaxsent.study import summary as summary_lib
 
 
 def _study(**fields):
@@ -83,3 +86,53 @@ def test_summary_json_is_strict_json():
     parsed = json.loads(report.summary_json(summary), parse_constant=refuse)
     assert parsed["variants"]["bce"]["accuracy"] == {"mean": 0.9, "ci_low": None}
     assert parsed["runs"] == [{"x": [1.0, None], "label": "bce"}]
+
+
+def _fake_run(tmp_path, variant, logits, labels, full_lengths):
+    """A finished run as the archive holds it: eval_results.json and predictions.csv."""
+    run = runner.PlannedRun(variant, 0, epath.Path(tmp_path) / variant / "seed_0", None)
+    run.workdir.mkdir(parents=True)
+    results = evaluation.evaluation_report(logits, labels, full_lengths, temperature=1.0)
+    (run.workdir / runner.RESULTS_FILE).write_text(json.dumps(results))
+    columns = zip(labels, logits, full_lengths, strict=True)
+    rows = ["example_id,label,logit,full_length"]
+    rows += [f"{i},{y},{float(z)!r},{n}" for i, (y, z, n) in enumerate(columns)]
+    (run.workdir / runner.PREDICTIONS_CSV).write_text("\n".join(rows) + "\n")
+    return run
+
+
+def test_length_comparison_per_quartile_and_its_verdict(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(0, 2, n)
+    full_lengths = rng.integers(10, 600, n)
+    base = ((2 * labels - 1) * 1.5 + rng.normal(0, 1.5, n)).astype(np.float32)
+    # The variant is right on every long review, as the seed's hypothesis hopes.
+    variant = np.where(full_lengths > 450, (2 * labels - 1) * 3.0, base).astype(np.float32)
+    runs = [
+        _fake_run(tmp_path, "bce", base, labels, full_lengths),
+        _fake_run(tmp_path, "length_only", variant, labels, full_lengths),
+    ]
+    summary = summary_lib.summarize(runs, baseline="bce", num_resamples=300)
+
+    edges = np.quantile(full_lengths.astype(float), [0, 0.25, 0.5, 0.75, 1])
+    rows = [r for r in summary["comparisons_by_length"] if r["metric"] == "accuracy"]
+    assert [r["stratum"] for r in rows] == [1, 2, 3, 4]
+    for k, row in enumerate(rows):
+        inside = (full_lengths > edges[k]) & (full_lengths <= edges[k + 1])
+        if k == 0:
+            inside |= full_lengths == edges[0]
+        assert row["n_examples"] == inside.sum()
+        assert (row["low"], row["high"]) == (edges[k], edges[k + 1])
+        correct = (variant > 0) == (labels == 1), (base > 0) == (labels == 1)
+        expected = correct[0][inside].mean() - correct[1][inside].mean()
+        assert row["difference"] == pytest.approx(expected, abs=1e-6)
+    assert rows[-1]["ci_low"] > 0, "a gain on every long review must show in the last quartile"
+    longest = [v for v in summary["verdicts"] if "longest quartile" in v["hypothesis"]]
+    assert len(longest) == 1
+    assert longest[0]["text"].startswith(
+        f"length weighting on the longest quartile ({edges[3]:g}-{edges[4]:g} tokens) "
+        "(length_only vs bce, 1 seed, eval): better accuracy"
+    )
+    markdown = report.markdown_report(summary, eval_sets=["eval"], figures={}, command="c")
+    assert "| length_only | bce | accuracy | 1 | " in markdown

@@ -213,6 +213,7 @@ def markdown_report(
             "",
             f"![length strata]({figures['length_strata']})",
         ]
+    lines += _length_comparison_table(summary.get("comparisons_by_length", []))
     lines += [
         "",
         "## Runs",
@@ -222,6 +223,44 @@ def markdown_report(
         "",
     ]
     return "\n".join(lines)
+
+
+def _length_comparison_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Paired differences per length quartile: one line per (variant, baseline, metric)."""
+    if not rows:
+        return []
+    strata = {r["stratum"]: (r["low"], r["high"]) for r in rows}
+    head = [f"Q{k} ({lo:g}-{hi:g})" for k, (lo, hi) in sorted(strata.items())]
+    lines = [
+        "",
+        "### Paired differences per length quartile (eval split)",
+        "",
+        "Variant minus baseline on the examples of each quartile of whole-text token length "
+        "(the same strata as `length_q*` in `eval_results.json`), averaged over the seeds both "
+        "have; 95% bootstrap interval. Accuracy in points.",
+        "",
+        "| variant | baseline | metric | seeds | " + " | ".join(head) + " |",
+        "|---|---|---|---|" + "---|" * len(head),
+    ]
+    keys = dict.fromkeys((r["variant"], r["baseline"], r["metric"]) for r in rows)
+    for variant, baseline, metric in keys:
+        mine = {
+            r["stratum"]: r
+            for r in rows
+            if (r["variant"], r["baseline"], r["metric"]) == (variant, baseline, metric)
+        }
+        scale, digits = (100, 2) if metric == "accuracy" else (1, 4)
+        cells = []
+        for k in sorted(strata):
+            r = mine.get(k)
+            if r is None:
+                cells.append("")
+                continue
+            d, lo, hi = (r[key] * scale for key in ("difference", "ci_low", "ci_high"))
+            cells.append(f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
+        n_seeds = next(iter(mine.values()))["n_seeds"]
+        lines += [f"| {variant} | {baseline} | {metric} | {n_seeds} | " + " | ".join(cells) + " |"]
+    return lines
 
 
 def summary_json(summary: dict[str, Any]) -> str:

@@ -10,18 +10,21 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from etils import epath
 
 from jaxsent import reporting, stats
+from jaxsent.evaluation import length_stratum_index
 from jaxsent.study.runner import PREDICTIONS_CSV, PREDICTIONS_PARQUET, RESULTS_FILE, PlannedRun
 from jaxsent.training.loop import extra_eval_dir
 
 # Metrics compared between variants (the temperature-scaled ones divide each run's logits by the
 # temperature that run fitted on its own validation split).
 COMPARED_METRICS = ("accuracy", "nll", "brier", "ece", "nll_ts", "ece_ts")
+# Compared within each length quartile (fewer examples each: ECE's bins would be thin).
+LENGTH_COMPARED_METRICS = ("accuracy", "nll")
 HIGHER_IS_BETTER = {"accuracy": True}
 
 # The seed's hypotheses: (what is tested, variant, the variant it differs from by that term).
@@ -35,6 +38,8 @@ HYPOTHESES = (
     ("the seed's focal loss (every term combined)", "focal_seed", "bce"),
     ("stop-gradient through the weights", "weighted_stopgrad", "weighted"),
 )
+# Hypotheses about long texts, whose verdict is also given on the longest length quartile.
+LENGTH_VERDICTS = ("length_only",)
 
 
 def flatten_results(results: dict[str, Any]) -> dict[str, float]:
@@ -75,7 +80,7 @@ def decisiveness(run: PlannedRun) -> dict[str, float]:
     ``final_train_loss`` (the last logged training loss, in the run's own loss: comparable
     across seeds, not across losses).
     """
-    _, logits, _, _ = _predictions(run, "eval")
+    logits = _predictions(run, "eval").logit
     out = {
         "median_abs_logit": float(np.median(np.abs(logits))),
         "positive_rate": float(np.mean(logits > 0)),
@@ -110,8 +115,16 @@ def variant_intervals(rows: Sequence[dict[str, Any]], *, confidence: float = 0.9
     return out
 
 
-def _predictions(run: PlannedRun, eval_set: str):
-    """(logits, labels, temperature) of `run` on `eval_set`, ordered by example id."""
+class _Predictions(NamedTuple):
+    example_id: np.ndarray
+    logit: np.ndarray
+    label: np.ndarray
+    full_length: np.ndarray | None  # tokens of the whole texts; None if the file has none
+    temperature: float
+
+
+def _predictions(run: PlannedRun, eval_set: str) -> _Predictions:
+    """`run`'s predictions on `eval_set`, ordered by example id."""
     if eval_set == "eval":
         folder, results = run.workdir, read_results(run)
     else:
@@ -122,11 +135,13 @@ def _predictions(run: PlannedRun, eval_set: str):
     else:  # restored from a study archive
         table = _read_csv_predictions(folder / PREDICTIONS_CSV)
     order = np.argsort(table["example_id"], kind="stable")
-    return (
-        table["example_id"][order],
-        table["logit"][order],
-        table["label"][order],
-        results.get("temperature", 1.0),
+    full_length = table.get("full_length")
+    return _Predictions(
+        example_id=table["example_id"][order],
+        logit=table["logit"][order],
+        label=table["label"][order],
+        full_length=None if full_length is None else full_length[order],
+        temperature=results.get("temperature", 1.0),
     )
 
 
@@ -139,6 +154,55 @@ def _read_csv_predictions(path: epath.Path) -> dict[str, np.ndarray]:
         convert_options=pyarrow.csv.ConvertOptions(column_types={"logit": pa.float32()}),
     )
     return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
+def _paired_predictions(
+    runs: Sequence[PlannedRun], variant: str, baseline: str, eval_set: str
+) -> tuple[list[int], list[tuple[_Predictions, _Predictions]]]:
+    """The seeds both `variant` and `baseline` finished, and their predictions on `eval_set`."""
+    by_key = {(r.variant, r.seed): r for r in runs if r.done}
+    seeds = sorted(s for (v, s) in by_key if v == variant and (baseline, s) in by_key)
+    pairs = []
+    for seed in seeds:
+        mine = _predictions(by_key[variant, seed], eval_set)
+        base = _predictions(by_key[baseline, seed], eval_set)
+        if not np.array_equal(mine.example_id, base.example_id):
+            raise ValueError(
+                f"{variant} and {baseline} (seed {seed}) were evaluated on different examples "
+                f"of {eval_set}"
+            )
+        pairs.append((mine, base))
+    return seeds, pairs
+
+
+def _side(pairs, side: int, *, scaled: bool, where) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(logits, labels) per seed of one side of the pairs (0: variant, 1: baseline)."""
+    return [
+        ((p.logit / p.temperature if scaled else p.logit)[where], p.label[where])
+        for p in (pair[side] for pair in pairs)
+    ]
+
+
+def _compare_pairs(pairs, metrics, *, where, num_resamples: int) -> list[dict[str, Any]]:
+    """Paired bootstrap rows (metric, difference, interval, p) over the examples `where` selects."""
+    rows = []
+    for metric in metrics:
+        scaled = metric.endswith("_ts")
+        result = stats.paired_bootstrap(
+            metric.removesuffix("_ts"),
+            _side(pairs, 0, scaled=scaled, where=where),
+            _side(pairs, 1, scaled=scaled, where=where),
+            num_resamples=num_resamples,
+            seed=0,
+        )
+        rows.append(
+            {
+                "metric": metric,
+                **{k: float(result[k]) for k in ("difference", "ci_low", "ci_high", "p_value")},
+                "num_resamples": int(result["num_resamples"]),
+            }
+        )
+    return rows
 
 
 def compare(
@@ -156,39 +220,52 @@ def compare(
     evaluation examples; only the loss differs. Each bootstrap replicate resamples the evaluation
     examples once for every seed (they are one test set; see `jaxsent.stats.paired_bootstrap`).
     """
-    by_key = {(r.variant, r.seed): r for r in runs if r.done}
-    seeds = sorted(s for (v, s) in by_key if v == variant and (baseline, s) in by_key)
+    seeds, pairs = _paired_predictions(runs, variant, baseline, eval_set)
     if not seeds:
         return []
-    pairs = []
-    for seed in seeds:
-        ids_v, logits_v, labels_v, t_v = _predictions(by_key[variant, seed], eval_set)
-        ids_b, logits_b, labels_b, t_b = _predictions(by_key[baseline, seed], eval_set)
-        if not np.array_equal(ids_v, ids_b):
-            raise ValueError(
-                f"{variant} and {baseline} (seed {seed}) were evaluated on different examples "
-                f"of {eval_set}"
-            )
-        pairs.append((logits_v, logits_b, labels_v, t_v, t_b))
-    rows = []
-    for metric in metrics:
-        scaled = metric.endswith("_ts")
-        name = metric.removesuffix("_ts")
-        var = [(lv / tv if scaled else lv, y) for lv, _, y, tv, _ in pairs]
-        base = [(lb / tb if scaled else lb, y) for _, lb, y, _, tb in pairs]
-        result = stats.paired_bootstrap(name, var, base, num_resamples=num_resamples, seed=0)
-        rows.append(
-            {
-                "eval_set": eval_set,
-                "variant": variant,
-                "baseline": baseline,
-                "metric": metric,
-                "n_seeds": len(seeds),
-                **{k: float(result[k]) for k in ("difference", "ci_low", "ci_high", "p_value")},
-                "num_resamples": int(result["num_resamples"]),
-            }
-        )
-    return rows
+    head = {"eval_set": eval_set, "variant": variant, "baseline": baseline, "n_seeds": len(seeds)}
+    return [
+        {**head, **row}
+        for row in _compare_pairs(pairs, metrics, where=slice(None), num_resamples=num_resamples)
+    ]
+
+
+def compare_by_length(
+    runs: Sequence[PlannedRun],
+    variant: str,
+    baseline: str,
+    *,
+    eval_set: str = "eval",
+    metrics: Sequence[str] = LENGTH_COMPARED_METRICS,
+    num_strata: int = 4,
+    num_resamples: int = 2000,
+) -> list[dict[str, Any]]:
+    """`compare` within each length quartile of the evaluation examples (whole-text lengths).
+
+    The strata are `jaxsent.evaluation.length_stratum_index` of the examples' ``full_length``,
+    the same as the ``length_strata`` of each run's `eval_results.json`; each row adds
+    ``stratum`` (1 = shortest), its ``low``/``high`` edges and ``n_examples``. Empty when the
+    prediction files hold no ``full_length`` or a stratum is empty.
+    """
+    seeds, pairs = _paired_predictions(runs, variant, baseline, eval_set)
+    if not seeds or pairs[0][0].full_length is None:
+        return []
+    edges, stratum = length_stratum_index(pairs[0][0].full_length, num_strata=num_strata)
+    head = {"eval_set": eval_set, "variant": variant, "baseline": baseline, "n_seeds": len(seeds)}
+    out = []
+    for k in range(num_strata):
+        where = stratum == k
+        if not where.any():
+            continue
+        where_info = {
+            "stratum": k + 1,
+            "low": float(edges[k]),
+            "high": float(edges[k + 1]),
+            "n_examples": int(where.sum()),
+        }
+        rows = _compare_pairs(pairs, metrics, where=where, num_resamples=num_resamples)
+        out += [{**head, **where_info, **row} for row in rows]
+    return out
 
 
 def effect_words(row: dict[str, Any]) -> str:
@@ -233,7 +310,8 @@ def summarize(
     num_resamples: int = 2000,
     study: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole `summary.json`: runs, variants, comparisons and verdicts."""
+    """The whole `summary.json`: runs, variants, comparisons (also per length quartile of the
+    eval split) and verdicts."""
     rows = run_rows(runs)
     variants = list(dict.fromkeys(r.variant for r in runs))
     pairs = [(v, baseline) for v in variants if v != baseline]
@@ -244,6 +322,11 @@ def summarize(
         for variant, base in pairs
         for row in compare(runs, variant, base, eval_set=eval_set, num_resamples=num_resamples)
     ]
+    by_length = [
+        row
+        for variant, base in pairs
+        for row in compare_by_length(runs, variant, base, num_resamples=num_resamples)
+    ]
     verdicts = []
     for label, variant, base in HYPOTHESES:
         for eval_set in eval_sets:
@@ -253,21 +336,33 @@ def summarize(
                 if (c["variant"], c["baseline"], c["eval_set"]) == (variant, base, eval_set)
             ]
             if mine:
-                verdicts.append(
-                    {
-                        "hypothesis": label,
-                        "variant": variant,
-                        "baseline": base,
-                        "eval_set": eval_set,
-                        "text": verdict(label, mine),
-                    }
-                )
+                verdicts.append(_verdict_row(label, mine))
+        if variant in LENGTH_VERDICTS:
+            # The hypothesis is about long texts: say what happened on the longest quartile too.
+            mine = [c for c in by_length if (c["variant"], c["baseline"]) == (variant, base)]
+            longest = [c for c in mine if c["stratum"] == max(r["stratum"] for r in mine)]
+            if longest:
+                first = longest[0]
+                where = f"on the longest quartile ({first['low']:g}-{first['high']:g} tokens)"
+                verdicts.append(_verdict_row(f"{label} {where}", longest))
     return {
         "study": study or {},
         "runs": rows,
         "variants": variant_intervals(rows),
         "comparisons": comparisons,
+        "comparisons_by_length": by_length,
         "verdicts": verdicts,
+    }
+
+
+def _verdict_row(label: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    first = rows[0]
+    return {
+        "hypothesis": label,
+        "variant": first["variant"],
+        "baseline": first["baseline"],
+        "eval_set": first["eval_set"],
+        "text": verdict(label, rows),
     }
 
 
