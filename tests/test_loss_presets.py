@@ -576,3 +576,25 @@ def test_unknown_preset_is_named_with_the_valid_ones():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [dict(losses.LOSS_PRESETS[p]) for p in PRESET_NAMES]
+    + [{"name": n} for n in losses.LOSS_NAMES if n != "sentiment"],
+    ids=PRESET_NAMES + [n for n in losses.LOSS_NAMES if n != "sentiment"],
+)
+def test_length_bucketing_warning_exactly_when_lengths_change_the_loss(fields):
+    """The oracle is the loss itself: it weights by length iff other lengths give another value."""
+    config = default_config.get_config()
+    config.loss.update(fields)
+    loss_fn = loop.loss_from_config(config)
+    logits, labels = jnp.array([2.0, -1.0, 0.5]), jnp.array([1, 1, 0])
+    weights_length = loss_fn(logits, labels, jnp.array([4, 100, 30])) != loss_fn(
+        logits, labels, jnp.array([100, 100, 100])
+    )
+    warning = loop.length_bucketing_warning(config.loss, (64, 128, 256))
+    assert (warning is not None) == bool(weights_length)
+    if warning is not None:
+        assert "3 buckets" in warning and "data.num_buckets=1" in warning
+    assert loop.length_bucketing_warning(config.loss, (256,)) is None
