@@ -340,7 +340,8 @@ def summarize(
         if variant in LENGTH_VERDICTS:
             # The hypothesis is about long texts: say what happened on the longest quartile too.
             mine = [c for c in by_length if (c["variant"], c["baseline"]) == (variant, base)]
-            longest = [c for c in mine if c["stratum"] == max(r["stratum"] for r in mine)]
+            # Rows come in stratum order, so the last one is of the longest quartile.
+            longest = [c for c in mine if c["stratum"] == mine[-1]["stratum"]] if mine else []
             if longest:
                 first = longest[0]
                 where = f"on the longest quartile ({first['low']:g}-{first['high']:g} tokens)"
