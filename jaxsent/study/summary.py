@@ -156,9 +156,15 @@ def _read_csv_predictions(path: epath.Path) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in table.column_names}
 
 
+class _Paired(NamedTuple):
+    head: dict[str, Any]  # eval_set, variant, baseline, n_seeds: the start of every row
+    seeds: list[int]
+    pairs: list[tuple[_Predictions, _Predictions]]  # (variant, baseline) per seed
+
+
 def _paired_predictions(
     runs: Sequence[PlannedRun], variant: str, baseline: str, eval_set: str
-) -> tuple[list[int], list[tuple[_Predictions, _Predictions]]]:
+) -> _Paired:
     """The seeds both `variant` and `baseline` finished, and their predictions on `eval_set`."""
     by_key = {(r.variant, r.seed): r for r in runs if r.done}
     seeds = sorted(s for (v, s) in by_key if v == variant and (baseline, s) in by_key)
@@ -172,7 +178,8 @@ def _paired_predictions(
                 f"of {eval_set}"
             )
         pairs.append((mine, base))
-    return seeds, pairs
+    head = {"eval_set": eval_set, "variant": variant, "baseline": baseline, "n_seeds": len(seeds)}
+    return _Paired(head, seeds, pairs)
 
 
 def _side(pairs, side: int, *, scaled: bool, where) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -220,14 +227,8 @@ def compare(
     evaluation examples; only the loss differs. Each bootstrap replicate resamples the evaluation
     examples once for every seed (they are one test set; see `jaxsent.stats.paired_bootstrap`).
     """
-    seeds, pairs = _paired_predictions(runs, variant, baseline, eval_set)
-    if not seeds:
-        return []
-    head = {"eval_set": eval_set, "variant": variant, "baseline": baseline, "n_seeds": len(seeds)}
-    return [
-        {**head, **row}
-        for row in _compare_pairs(pairs, metrics, where=slice(None), num_resamples=num_resamples)
-    ]
+    paired = _paired_predictions(runs, variant, baseline, eval_set)
+    return _compare_paired(paired, metrics=metrics, num_resamples=num_resamples)
 
 
 def compare_by_length(
@@ -247,11 +248,25 @@ def compare_by_length(
     ``stratum`` (1 = shortest), its ``low``/``high`` edges and ``n_examples``. Empty when the
     prediction files hold no ``full_length`` or a stratum is empty.
     """
-    seeds, pairs = _paired_predictions(runs, variant, baseline, eval_set)
-    if not seeds or pairs[0][0].full_length is None:
+    paired = _paired_predictions(runs, variant, baseline, eval_set)
+    return _compare_paired_by_length(
+        paired, metrics=metrics, num_strata=num_strata, num_resamples=num_resamples
+    )
+
+
+def _compare_paired(paired: _Paired, *, metrics, num_resamples: int) -> list[dict[str, Any]]:
+    if not paired.seeds:
         return []
-    edges, stratum = length_stratum_index(pairs[0][0].full_length, num_strata=num_strata)
-    head = {"eval_set": eval_set, "variant": variant, "baseline": baseline, "n_seeds": len(seeds)}
+    rows = _compare_pairs(paired.pairs, metrics, where=slice(None), num_resamples=num_resamples)
+    return [{**paired.head, **row} for row in rows]
+
+
+def _compare_paired_by_length(
+    paired: _Paired, *, metrics, num_strata: int, num_resamples: int
+) -> list[dict[str, Any]]:
+    if not paired.seeds or paired.pairs[0][0].full_length is None:
+        return []
+    edges, stratum = length_stratum_index(paired.pairs[0][0].full_length, num_strata=num_strata)
     out = []
     for k in range(num_strata):
         where = stratum == k
@@ -263,8 +278,8 @@ def compare_by_length(
             "high": float(edges[k + 1]),
             "n_examples": int(where.sum()),
         }
-        rows = _compare_pairs(pairs, metrics, where=where, num_resamples=num_resamples)
-        out += [{**head, **where_info, **row} for row in rows]
+        rows = _compare_pairs(paired.pairs, metrics, where=where, num_resamples=num_resamples)
+        out += [{**paired.head, **where_info, **row} for row in rows]
     return out
 
 
@@ -316,17 +331,20 @@ def summarize(
     variants = list(dict.fromkeys(r.variant for r in runs))
     pairs = [(v, baseline) for v in variants if v != baseline]
     pairs += [(v, b) for _, v, b in HYPOTHESES if v in variants and b in variants and b != baseline]
-    comparisons = [
-        row
-        for eval_set in eval_sets
-        for variant, base in pairs
-        for row in compare(runs, variant, base, eval_set=eval_set, num_resamples=num_resamples)
-    ]
-    by_length = [
-        row
-        for variant, base in pairs
-        for row in compare_by_length(runs, variant, base, num_resamples=num_resamples)
-    ]
+    comparisons, by_length = [], []
+    for eval_set in eval_sets:
+        for variant, base in pairs:
+            paired = _paired_predictions(runs, variant, base, eval_set)  # read once, used twice
+            comparisons += _compare_paired(
+                paired, metrics=COMPARED_METRICS, num_resamples=num_resamples
+            )
+            if eval_set == "eval":
+                by_length += _compare_paired_by_length(
+                    paired,
+                    metrics=LENGTH_COMPARED_METRICS,
+                    num_strata=4,
+                    num_resamples=num_resamples,
+                )
     verdicts = []
     for label, variant, base in HYPOTHESES:
         for eval_set in eval_sets:
