@@ -1,7 +1,7 @@
 """The IMDB loss study (long reviews: where length weighting should matter most): five presets,
 3 seeds, 4,000 training reviews at 256 tokens, a fixed stratified sample of 2,000 test reviews.
 
-About 3.5 hours on 2 CPU cores (15 runs); results in docs/study.md.
+About 4 hours on 2 CPU cores (15 runs of about 16 minutes); results in docs/study.md.
 
     python -m train.study --config configs/study/imdb.py --workdir runs/study_imdb
 """
