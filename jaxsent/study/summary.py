@@ -158,14 +158,13 @@ def _read_csv_predictions(path: epath.Path) -> dict[str, np.ndarray]:
 
 class _Paired(NamedTuple):
     head: dict[str, Any]  # eval_set, variant, baseline, n_seeds: the start of every row
-    seeds: list[int]
     pairs: list[tuple[_Predictions, _Predictions]]  # (variant, baseline) per seed
 
 
 def _paired_predictions(
     runs: Sequence[PlannedRun], variant: str, baseline: str, eval_set: str
 ) -> _Paired:
-    """The seeds both `variant` and `baseline` finished, and their predictions on `eval_set`."""
+    """Predictions on `eval_set`, paired, of each seed both `variant` and `baseline` finished."""
     by_key = {(r.variant, r.seed): r for r in runs if r.done}
     seeds = sorted(s for (v, s) in by_key if v == variant and (baseline, s) in by_key)
     pairs = []
@@ -179,7 +178,7 @@ def _paired_predictions(
             )
         pairs.append((mine, base))
     head = {"eval_set": eval_set, "variant": variant, "baseline": baseline, "n_seeds": len(seeds)}
-    return _Paired(head, seeds, pairs)
+    return _Paired(head, pairs)
 
 
 def _side(pairs, side: int, *, scaled: bool, where) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -255,7 +254,7 @@ def compare_by_length(
 
 
 def _compare_paired(paired: _Paired, *, metrics, num_resamples: int) -> list[dict[str, Any]]:
-    if not paired.seeds:
+    if not paired.pairs:
         return []
     rows = _compare_pairs(paired.pairs, metrics, where=slice(None), num_resamples=num_resamples)
     return [{**paired.head, **row} for row in rows]
@@ -264,7 +263,7 @@ def _compare_paired(paired: _Paired, *, metrics, num_resamples: int) -> list[dic
 def _compare_paired_by_length(
     paired: _Paired, *, metrics, num_strata: int, num_resamples: int
 ) -> list[dict[str, Any]]:
-    if not paired.seeds or paired.pairs[0][0].full_length is None:
+    if not paired.pairs or paired.pairs[0][0].full_length is None:
         return []
     edges, stratum = length_stratum_index(paired.pairs[0][0].full_length, num_strata=num_strata)
     out = []
