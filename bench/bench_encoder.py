@@ -118,7 +118,7 @@ def main(argv=None):
         parser.error("--warmup must be >= 1 so that JAX compilation is not timed")
 
     directory = bert_params.resolve(args.model)
-    encoder = bert.from_pretrained(
+    encoder = bert_params.load_encoder(
         directory, dtype=jnp.dtype(args.dtype), attention_impl=args.attention_impl
     )
     torch_model = None

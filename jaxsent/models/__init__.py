@@ -1,8 +1,8 @@
 """Models: a Flax NNX BERT encoder with Hugging Face checkpoint import/export, and the
 sentiment classifier built on it.
 
-    from jaxsent.models import bert, SentimentClassifier, load_tokenizer, save_pretrained
-    encoder = bert.from_pretrained("minilm-l6")
+    from jaxsent.models import from_pretrained, SentimentClassifier, load_tokenizer
+    encoder = from_pretrained("minilm-l6")
 """
 
 from jaxsent.models import bert, bert_params
@@ -18,6 +18,7 @@ from jaxsent.models.classifier import (
     save_pretrained,
     uses_hf_head,
 )
+from jaxsent.models.loading import from_pretrained
 
 __all__ = [
     "bert",
@@ -26,6 +27,7 @@ __all__ = [
     "BertModel",
     "BertOutput",
     "CheckpointError",
+    "from_pretrained",
     "METADATA_FILE",
     "POOLINGS",
     "SentimentClassifier",

@@ -1,7 +1,8 @@
 """BERT encoder in Flax NNX, numerically matching Hugging Face's PyTorch ``BertModel``.
 
 The layout follows HF BERT exactly (post-LN blocks, exact erf GELU for ``"gelu"``, tanh
-pooler over the first token) so any BERT checkpoint loads with :func:`from_pretrained`.
+pooler over the first token) so any BERT checkpoint loads with
+:func:`jaxsent.models.from_pretrained`. This module imports nothing of the checkpoint layer.
 
 Parameters are float32 and carry *logical* axis names in their ``out_sharding`` metadata
 (``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``norm``, or ``None``); ``jaxsent.sharding``
@@ -32,7 +33,6 @@ __all__ = [
     "BertConfig",
     "BertModel",
     "BertOutput",
-    "from_pretrained",
     "SUPPORTED_ACTIVATIONS",
 ]
 
@@ -544,25 +544,6 @@ class BertModel(nnx.Module):
         x = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
         pooled = None if self.pooler is None else jnp.tanh(self.pooler(x[:, 0]))
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
-
-
-def from_pretrained(
-    name_or_path: str | os.PathLike,
-    *,
-    dtype=jnp.float32,
-    attention_impl: str | None = None,
-    config_overrides: Mapping[str, Any] | None = None,
-) -> BertModel:
-    """Loads a BERT encoder from a local folder, a short name or a hub id.
-
-    See :func:`jaxsent.models.bert_params.load_encoder` (this is its alias) for the
-    resolution rules and the errors raised.
-    """
-    from jaxsent.models import bert_params  # circular: bert_params builds BertModel
-
-    return bert_params.load_encoder(
-        name_or_path, dtype=dtype, attention_impl=attention_impl, config_overrides=config_overrides
-    )
 
 
 def read_config(directory: str | os.PathLike, **overrides: Any) -> BertConfig:

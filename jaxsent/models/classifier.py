@@ -101,7 +101,7 @@ class SentimentClassifier(nnx.Module):
       dtype: encoder compute dtype; pooling, head and logits are float32.
       rngs: ``params`` initialises the head (and a random encoder); ``dropout`` (or
         ``default``) feeds every dropout layer in train mode.
-      encoder: an existing encoder (e.g. from :func:`bert.from_pretrained`) to wrap; its
+      encoder: an existing encoder (e.g. from :func:`jaxsent.models.from_pretrained`) to wrap; its
         config must equal ``config``.
 
     The model starts in eval mode (dropout off); ``model.train()`` / ``model.eval()`` switch.
@@ -191,7 +191,7 @@ class SentimentClassifier(nnx.Module):
           dropout_rate: ``None`` takes the saved one, else 0.1.
           dtype: encoder compute dtype; ``None`` takes the saved one, else float32.
           rngs: defaults to ``nnx.Rngs(params=0, dropout=1)``.
-          attention_impl, config_overrides: as in :func:`bert.from_pretrained`.
+          attention_impl, config_overrides: as in :func:`jaxsent.models.from_pretrained`.
 
         Returns:
           The classifier, in eval mode.
