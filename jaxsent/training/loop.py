@@ -29,6 +29,7 @@ from jaxsent import data as data_lib
 from jaxsent.export import export_run
 from jaxsent.models import SentimentClassifier, load_tokenizer
 from jaxsent.training.checkpointing import Checkpoints
+from jaxsent.training.config_check import check_config, parse_extra_evals
 from jaxsent.training.optim import make_optimizer
 from jaxsent.training.preemption import StopSignals, TrainingInterrupted
 from jaxsent.training.steps import StepFunctions, build_steps, trainable_filter
@@ -156,29 +157,6 @@ def load_splits(
         splits[key] = prepare(raw, f"{name}:{split}")
     splits = {name: Split(name, ds, data_lib.to_numpy_columns(ds)) for name, ds in splits.items()}
     return splits, full_sizes
-
-
-def parse_extra_evals(spec: str) -> dict[str, tuple[str, str]]:
-    """Parses `data.extra_evals`: ``"rotten_tomatoes:all,imdb"`` -> ``{key: (name, split)}``.
-
-    Each comma-separated entry is a data set `load_raw` accepts and, after the last ``:``, one of
-    its splits (``test`` when omitted); the key is ``name:split``.
-    """
-    entries = {}
-    for entry in (e.strip() for e in spec.split(",")):
-        if not entry:
-            continue
-        name, _, split = entry.rpartition(":")
-        if not name or "/" in split:  # no split given ('imdb', 'gs://bucket/folder')
-            name, split = entry, "test"
-        if not split:
-            raise ValueError(
-                f"data.extra_evals entry {entry!r} must be 'name_or_path[:split]' (in {spec!r})"
-            )
-        if f"{name}:{split}" in entries:
-            raise ValueError(f"data.extra_evals names {name}:{split} twice (in {spec!r})")
-        entries[f"{name}:{split}"] = (name, split)
-    return entries
 
 
 class BatchPlacer:
@@ -657,7 +635,10 @@ def train_and_evaluate(
     """Fine-tune, select on validation, report on the eval split; returns the eval metrics.
 
     `workdir` is a local path or a bucket URL (``gs://bucket/run``, any `etils.epath` backend).
+    Every config field is checked first (`check_config`): a bad one raises `ConfigError` before
+    anything is written.
     """
+    check_config(config)
     workdir = storage.as_path(workdir)
     storage.make_dirs(workdir)
     if jax.process_index() == 0:

@@ -1,0 +1,587 @@
+"""Every training-config field checked before any work starts: `check_config`.
+
+A bad value raises `ConfigError`, whose message is one line naming the field, the value and what
+is allowed::
+
+    config.train.global_batch_size=-3: must be a positive multiple of the data axis (1)
+
+The rules are a table, `FIELDS`: one per field of ``configs/default.py`` (type, range, allowed
+names), then the `COMBINATIONS` of fields (mesh against the devices, ``mesh.model`` against the
+attention heads, warmup against the steps, ...). Allowed names come from the modules that use
+them (`jaxsent.losses`, `jaxsent.data`, `jaxsent.models`, `jaxsent.sharding`, the optimiser's
+schedules), so a new name there is allowed here too. The checks are cheap: no data is read, no
+model is loaded; the model's ``config.json`` is read when it is on this machine (a folder, a
+short name, a hub cache entry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import glob
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxsent import losses, metrics, sharding, storage
+from jaxsent.data import preprocess
+from jaxsent.data.sources import DATA_DIR_ENV, KNOWN_DATASETS
+from jaxsent.models import POOLINGS, bert_params
+from jaxsent.models.architectures import ARCHITECTURES
+from jaxsent.training.optim import SCHEDULES
+
+__all__ = ["ConfigError", "check_config", "parse_extra_evals", "FIELDS", "OPTIONAL_FIELDS"]
+
+COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters stay float32 (configs/default.py)
+BEST_MODES = ("max", "min")
+REMAT_MODES = ("none", "full", "dots")
+# The direction of the validation metrics a run can select on (mode checked against it).
+HIGHER_IS_BETTER = frozenset({"accuracy", "precision", "recall", "f1", "auroc"})
+LOWER_IS_BETTER = frozenset({"nll", "brier", "ece"})
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A config field with a value the run cannot use; ``str()`` is one line.
+
+    Attributes:
+      field: the dotted path under ``config`` (``"train.global_batch_size"``).
+      value: the offending value.
+      allowed: what the field accepts, in words.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        shown = f"config.{field}" if value is _MISSING else f"config.{field}={value!r}"
+        super().__init__(re.sub(r"\s*\n\s*", " ", f"{shown}: {allowed}"))
+
+
+# --- what the rules see ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Context:
+    """The config and the facts about this machine that rules compare it with."""
+
+    config: ml_collections.ConfigDict
+    num_devices: int
+    process_count: int
+
+    def get(self, field: str, default: Any = None) -> Any:
+        value = self.config
+        for part in field.split("."):
+            if not _is_group(value) or part not in value:
+                return default
+            value = value[part]
+        return value
+
+    @property
+    def data_axis(self) -> int | None:
+        """The size of the mesh's data axis, when the mesh fields allow one."""
+        data, model = self.get("mesh.data"), self.get("mesh.model")
+        if not (_is_int(data) and _is_int(model) and model >= 1):
+            return None
+        if data == -1:
+            return self.num_devices // model if self.num_devices % model == 0 else None
+        return data if data >= 1 else None
+
+    @functools.cached_property
+    def model_config(self) -> dict[str, Any] | None:
+        """The model's ``config.json``, when it can be read without a download."""
+        name = self.get("model.name")
+        return _read_model_config(name) if isinstance(name, str) else None
+
+
+Rule = Callable[[Any, _Context], "str | None"]  # None = fine, else what is allowed
+
+
+def _is_group(value: Any) -> bool:
+    return isinstance(value, (Mapping, ml_collections.ConfigDict))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, (float, np.floating))) and math.isfinite(value)
+
+
+_KINDS: dict[str, Callable[[Any], bool]] = {
+    "int": _is_int,
+    "number": _is_number,  # floats, ints given for floats; never bool, never inf or nan
+    "bool": lambda v: isinstance(v, (bool, np.bool_)),
+    "str": lambda v: isinstance(v, str),
+}
+
+
+def _rule(kind: str, allowed: str, test: Callable[[Any], bool] = lambda v: True) -> Rule:
+    """A context-free rule: the value has `kind` and passes `test`, else `allowed` is said."""
+    is_kind = _KINDS[kind]
+    return lambda value, ctx: None if is_kind(value) and test(value) else allowed
+
+
+def _one_of(names) -> Rule:
+    names = tuple(names)
+    allowed = "must be one of " + ", ".join(repr(n) for n in names)
+    return lambda value, ctx: None if isinstance(value, str) and value in names else allowed
+
+
+def _from_validator(validate: Callable[[Any], None], kind: str) -> Rule:
+    """A rule that asks an existing validator; its message, less the argument name, is used."""
+
+    def rule(value, ctx):
+        if not _KINDS[kind](value):
+            return "must be True or False" if kind == "bool" else "must be a finite number"
+        try:
+            validate(value)
+        except (ValueError, TypeError) as err:
+            return _reword(str(err))
+        return None
+
+    return rule
+
+
+def _reword(message: str) -> str:
+    """``"head_fraction must lie in [0, 1], got 2"`` -> ``"must lie in [0, 1]"``."""
+    message = re.sub(r"^\w+(=\S+)? ", "", message)
+    return re.sub(r"[,;] got .*$", "", message)
+
+
+# --- names: data sets and models ---------------------------------------------------------------
+
+
+def data_source_problem(name: str, *, data_dir: str = "") -> str | None:
+    """Why `jaxsent.data.load_raw` cannot read `name`, or None; looks only at local files.
+
+    A known name needs ``<data_dir or $JAXSENT_DATA_DIR>/<name>/*.parquet`` when a directory is
+    set (the hub otherwise); any other name must be an existing file or folder (bucket URLs are
+    taken on trust: looking would cost a request).
+    """
+    known = ", ".join(sorted(KNOWN_DATASETS))
+    if not isinstance(name, str) or not name:
+        return f"must be a known data set ({known}) or an existing file or folder"
+    if name in KNOWN_DATASETS:
+        root = data_dir or os.environ.get(DATA_DIR_ENV, "")
+        if root and not storage.is_remote(root):
+            if not glob.glob(os.path.join(root, name, "*.parquet")):
+                where = "data.data_dir" if data_dir else f"${DATA_DIR_ENV}"
+                return f"no {name}/*.parquet under {where}={root!r}"
+        return None
+    if storage.is_remote(name) or os.path.exists(name):
+        return None
+    return f"is neither a known data set ({known}) nor an existing file or folder"
+
+
+def _data_name(value, ctx: _Context) -> str | None:
+    data_dir = ctx.get("data.data_dir", "")
+    return data_source_problem(value, data_dir=data_dir if isinstance(data_dir, str) else "")
+
+
+def _data_dir(value, ctx: _Context) -> str | None:
+    if not isinstance(value, str):
+        return "must be a folder path or '' (then $JAXSENT_DATA_DIR, else the hub)"
+    if value and not storage.is_remote(value) and not os.path.isdir(value):
+        return "is not a folder"
+    return None
+
+
+def parse_extra_evals(spec: str) -> dict[str, tuple[str, str]]:
+    """Parses `data.extra_evals`: ``"rotten_tomatoes:all,imdb"`` -> ``{key: (name, split)}``.
+
+    Each comma-separated entry is a data set `load_raw` accepts and, after the last ``:``, one of
+    its splits (``test`` when omitted); the key is ``name:split``.
+    """
+    entries = {}
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        name, _, split = entry.rpartition(":")
+        if not name or "/" in split:  # no split given ('imdb', 'gs://bucket/folder')
+            name, split = entry, "test"
+        if not split:
+            raise ValueError(
+                f"data.extra_evals entry {entry!r} must be 'name_or_path[:split]' (in {spec!r})"
+            )
+        if f"{name}:{split}" in entries:
+            raise ValueError(f"data.extra_evals names {name}:{split} twice (in {spec!r})")
+        entries[f"{name}:{split}"] = (name, split)
+    return entries
+
+
+def _extra_evals(value, ctx: _Context) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string 'name_or_path[:split],...' ('' = none)"
+    try:
+        entries = parse_extra_evals(value)
+    except ValueError as err:
+        return re.sub(r"^data\.extra_evals | \(in .*\)$", "", str(err))
+    data_dir = ctx.get("data.data_dir", "")
+    for name, _ in entries.values():
+        # Extra sets are read with data.data_dir only (no text/label columns).
+        problem = data_source_problem(name, data_dir=data_dir if isinstance(data_dir, str) else "")
+        if problem:
+            return f"entry {name!r} {problem}"
+    return None
+
+
+def _read_model_config(name: str) -> dict[str, Any] | None:
+    """``config.json`` of a model folder, short name, named architecture or cached hub id."""
+    path = None
+    try:
+        if os.path.isdir(name):
+            path = os.path.join(name, "config.json")
+        elif name in bert_params.SHORT_NAMES:
+            path = os.path.join(bert_params.resolve(name), "config.json")
+        elif name in ARCHITECTURES:
+            return dict(ARCHITECTURES[name][1])
+        elif _HUB_ID.match(name):
+            import huggingface_hub
+
+            cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+            path = cached if isinstance(cached, str) else None
+        if path is not None and os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    except (OSError, ValueError, ModuleNotFoundError):
+        pass
+    return None
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _model_name(value, ctx: _Context) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "must be a short name, a folder with config.json, or a Hugging Face hub id"
+    if value in bert_params.SHORT_NAMES:
+        try:
+            bert_params.resolve(value)
+        except (ModuleNotFoundError, FileNotFoundError) as err:
+            return str(err)
+        return None
+    if os.path.isdir(value):
+        has_config = os.path.isfile(os.path.join(value, "config.json"))
+        return None if has_config else "is a folder without config.json"
+    if value in ARCHITECTURES:  # weights from the hub id it describes; plans need none
+        return None
+    looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1
+    if looks_like_path or os.path.exists(value) or not _HUB_ID.match(value):
+        return (
+            f"is not a folder; expected a short name ({', '.join(bert_params.SHORT_NAMES)}), "
+            "a folder with config.json, or a Hugging Face hub id (org/name)"
+        )
+    if _hub_offline() and ctx.model_config is None:
+        return (
+            "is not in the Hugging Face cache and HF_HUB_OFFLINE is set (short names: "
+            f"{', '.join(bert_params.SHORT_NAMES)}; or a folder with config.json)"
+        )
+    return None
+
+
+# --- metrics and batches -----------------------------------------------------------------------
+
+
+@functools.cache
+def metric_names() -> tuple[str, ...]:
+    """The validation metrics the training loop writes (and can select the best step on)."""
+    shapes = jax.eval_shape(
+        metrics.binary_classification_metrics,
+        jax.ShapeDtypeStruct((2,), jnp.float32),
+        jax.ShapeDtypeStruct((2,), jnp.int32),
+    )
+    return tuple(sorted(k for k in shapes if k != "n_examples"))
+
+
+def _best_metric(value, ctx: _Context) -> str | None:
+    names = metric_names()
+    ok = isinstance(value, str) and value in names
+    return None if ok else "must be one of " + ", ".join(repr(n) for n in names)
+
+
+def _batch_size(value, ctx: _Context) -> str | None:
+    """A positive multiple of the data axis and of the process count (each host its rows)."""
+    divisors = []
+    if ctx.data_axis is not None:
+        divisors.append(f"the data axis ({ctx.data_axis})")
+    if ctx.process_count > 1:
+        divisors.append(f"the process count ({ctx.process_count})")
+    allowed = (
+        "must be a positive multiple of " + " and of ".join(divisors)
+        if divisors
+        else "must be a positive integer"
+    )
+    if not _is_int(value) or value < 1:
+        return allowed
+    if ctx.data_axis is not None and value % ctx.data_axis:
+        return allowed
+    return allowed if value % ctx.process_count else None
+
+
+def _loss_hyperparameter(name: str) -> Rule:
+    """A `config.loss` field checked by the losses' own validation (a loss taking it, bound).
+
+    Its type is that of the field in the presets, which set every field.
+    """
+    kind = "bool" if isinstance(losses.LOSS_PRESETS["bce"].get(name), bool) else "number"
+    return _from_validator(
+        lambda value: losses.get_loss(
+            next(n for n in losses.LOSS_NAMES if name in losses.loss_hyperparameters(n)),
+            **{name: value},
+        ),
+        kind,
+    )
+
+
+def _loss_fields() -> dict[str, Rule]:
+    names = sorted({h for n in losses.LOSS_NAMES for h in losses.loss_hyperparameters(n)})
+    return {f"loss.{h}": _loss_hyperparameter(h) for h in names}
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+_INT_GE0 = "must be an integer >= 0"
+_INT_GE1 = "must be an integer >= 1"
+_FRACTION_OR_COUNT = _rule(
+    "number",
+    "must be a fraction in (0, 1) or a whole count >= 1",
+    lambda v: 0 < v < 1 or (v >= 1 and float(v).is_integer()),
+)
+
+#: Every field of configs/default.py and its rule (table order = check order).
+FIELDS: dict[str, Rule] = {
+    "seed": _rule("int", _INT_GE0, lambda v: v >= 0),
+    "data.name": _data_name,
+    "data.data_dir": _data_dir,
+    "data.text_column": _rule("str", "must be a column name or '' (the data set's own)"),
+    "data.label_column": _rule("str", "must be a column name or '' (the data set's own)"),
+    "data.train_split": _rule("str", "must be a split name", bool),
+    "data.eval_split": _rule("str", "must be a split name", bool),
+    "data.validation_size": _FRACTION_OR_COUNT,
+    "data.train_size": _rule("int", f"{_INT_GE0} (0 = every train example)", lambda v: v >= 0),
+    "data.eval_size": _rule("int", f"{_INT_GE0} (0 = the whole eval split)", lambda v: v >= 0),
+    "data.eval_sample_seed": _rule("int", _INT_GE0, lambda v: v >= 0),
+    "data.eval_holdout": _FRACTION_OR_COUNT,
+    "data.extra_evals": _extra_evals,
+    "data.max_length": _rule("int", "must be an integer >= 2", lambda v: v >= 2),
+    "data.truncation": _one_of(preprocess.TRUNCATION_MODES),
+    "data.head_fraction": _from_validator(
+        lambda v: preprocess.check_truncation(preprocess.TRUNCATION_MODES[0], v), "number"
+    ),
+    "data.num_buckets": _rule("int", _INT_GE1, lambda v: v >= 1),
+    "data.clean_markup": _rule("bool", "must be True or False"),
+    "data.on_bad_rows": _one_of(preprocess.ON_BAD_ROWS),
+    "model.name": _model_name,
+    "model.pooling": _one_of(POOLINGS),
+    "model.dropout_rate": _rule("number", "must be a number in [0, 1)", lambda v: 0 <= v < 1),
+    "model.dtype": _one_of(COMPUTE_DTYPES),
+    "model.remat": _one_of(REMAT_MODES),
+    "model.scan_layers": _rule("bool", "must be True or False"),
+    "loss.name": _one_of(losses.LOSS_NAMES),
+    **_loss_fields(),
+    "optim.learning_rate": _rule("number", "must be a finite number > 0", lambda v: v > 0),
+    "optim.schedule": _one_of(SCHEDULES),
+    "optim.warmup_steps": _rule(
+        "int", "must be -1 (use optim.warmup_fraction) or an integer >= 0", lambda v: v >= -1
+    ),
+    "optim.warmup_fraction": _rule("number", "must be a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "optim.weight_decay": _rule("number", "must be a finite number >= 0", lambda v: v >= 0),
+    "optim.b1": _rule("number", "must be a number in [0, 1)", lambda v: 0 <= v < 1),
+    "optim.b2": _rule("number", "must be a number in [0, 1)", lambda v: 0 <= v < 1),
+    "optim.eps": _rule("number", "must be a finite number > 0", lambda v: v > 0),
+    "optim.grad_clip_norm": _rule(
+        "number", "must be a finite number >= 0 (0 = no clipping)", lambda v: v >= 0
+    ),
+    "optim.max_consecutive_nonfinite": _rule("int", _INT_GE1, lambda v: v >= 1),
+    "train.global_batch_size": _batch_size,
+    "train.eval_batch_size": _batch_size,
+    "train.num_epochs": _rule("int", _INT_GE0, lambda v: v >= 0),
+    "train.num_steps": _rule("int", f"{_INT_GE0} (0 = train.num_epochs)", lambda v: v >= 0),
+    "train.log_every_steps": _rule("int", _INT_GE1, lambda v: v >= 1),
+    "train.eval_every_steps": _rule("int", f"{_INT_GE0} (0 = once per epoch)", lambda v: v >= 0),
+    "train.checkpoint_every_steps": _rule("int", _INT_GE1, lambda v: v >= 1),
+    "train.best_metric": _best_metric,
+    "train.best_mode": _one_of(BEST_MODES),
+    "train.max_checkpoints": _rule("int", _INT_GE1, lambda v: v >= 1),
+    "mesh.data": _rule(
+        "int",
+        "must be -1 (every device the model axis leaves) or an integer >= 1",
+        lambda v: v == -1 or v >= 1,
+    ),
+    "mesh.model": _rule("int", _INT_GE1, lambda v: v >= 1),
+    "mesh.strategy": _one_of(sharding.SHARDING_RULES),
+}
+
+#: Fields a config may leave out: the loss's hyperparameters (the loss's defaults apply) and
+#: fields that configs written before them lack.
+OPTIONAL_FIELDS = frozenset(
+    {
+        "data.eval_holdout",
+        "model.remat",
+        "model.scan_layers",
+        *(f for f in FIELDS if f.startswith("loss.") and f != "loss.name"),
+    }
+)
+
+
+_GROUPS = frozenset(f.rpartition(".")[0] for f in FIELDS) - {""}
+
+
+# --- combinations ------------------------------------------------------------------------------
+
+
+def _mesh_devices(ctx: _Context) -> ConfigError | None:
+    data, model = ctx.get("mesh.data"), ctx.get("mesh.model")
+    n = ctx.num_devices
+    if data == -1 and n % model:
+        return ConfigError("mesh.model", model, f"must divide the number of devices ({n})")
+    if data != -1 and data * model != n:
+        return ConfigError(
+            "mesh.data", data, f"times mesh.model ({model}) must equal the number of devices ({n})"
+        )
+    return None
+
+
+def _mesh_heads(ctx: _Context) -> ConfigError | None:
+    model, shape = ctx.get("mesh.model"), ctx.model_config
+    heads = (shape or {}).get("num_attention_heads")
+    if model > 1 and _is_int(heads) and heads % model:
+        return ConfigError(
+            "mesh.model", model, f"must divide the model's attention heads ({heads})"
+        )
+    return None
+
+
+def _max_length_positions(ctx: _Context) -> ConfigError | None:
+    max_length, shape = ctx.get("data.max_length"), ctx.model_config
+    positions = (shape or {}).get("max_position_embeddings")
+    if _is_int(positions) and max_length > positions:
+        return ConfigError(
+            "data.max_length",
+            max_length,
+            f"must be <= the model's max_position_embeddings ({positions})",
+        )
+    return None
+
+
+def _epochs_or_steps(ctx: _Context) -> ConfigError | None:
+    if ctx.get("train.num_steps") == 0 and ctx.get("train.num_epochs") < 1:
+        return ConfigError(
+            "train.num_epochs", ctx.get("train.num_epochs"), "must be >= 1 when train.num_steps=0"
+        )
+    return None
+
+
+def _warmup_steps(ctx: _Context) -> ConfigError | None:
+    """Warmup longer than the run, where the run's length is known before the data is."""
+    warmup, steps = ctx.get("optim.warmup_steps"), ctx.get("train.num_steps")
+    if warmup < 0:
+        return None
+    if steps:
+        bound, what = steps, f"train.num_steps ({steps})"
+    elif ctx.get("data.train_size"):
+        per_epoch = math.ceil(ctx.get("data.train_size") / ctx.get("train.global_batch_size"))
+        bound = per_epoch * ctx.get("train.num_epochs")
+        what = f"the run's at most {bound} steps (data.train_size, batch size, epochs)"
+    else:
+        return None
+    if warmup > bound:
+        return ConfigError("optim.warmup_steps", warmup, f"must be <= {what}")
+    return None
+
+
+def _best_mode(ctx: _Context) -> ConfigError | None:
+    metric, mode = ctx.get("train.best_metric"), ctx.get("train.best_mode")
+    better = "max" if metric in HIGHER_IS_BETTER else "min" if metric in LOWER_IS_BETTER else mode
+    if mode != better:
+        return ConfigError(
+            "train.best_mode",
+            mode,
+            f"train.best_metric={metric!r} is {'higher' if better == 'max' else 'lower'}-is-"
+            f"better, so the mode must be {better!r}",
+        )
+    return None
+
+
+#: Checks between fields, run once every field has passed its own rule.
+COMBINATIONS: tuple[Callable[[_Context], ConfigError | None], ...] = (
+    _mesh_devices,
+    _mesh_heads,
+    _max_length_positions,
+    _epochs_or_steps,
+    _warmup_steps,
+    _best_mode,
+)
+
+
+# --- the check ---------------------------------------------------------------------------------
+
+
+def _leaves(config, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if _is_group(value):
+            yield from _leaves(value, f"{path}.")
+        else:
+            yield path, value
+
+
+def _unknown_field(path: str, value: Any) -> ConfigError:
+    close = difflib.get_close_matches(path, FIELDS, n=1, cutoff=0.6) or difflib.get_close_matches(
+        path.rpartition(".")[2], {f.rpartition(".")[2]: f for f in FIELDS}, n=1, cutoff=0.6
+    )
+    if close and close[0] not in FIELDS:  # matched on the last part: back to the full path
+        close = [f for f in FIELDS if f.rpartition(".")[2] == close[0]][:1]
+    hint = f"; did you mean config.{close[0]}?" if close else ""
+    return ConfigError(path, value, f"is not a field of the training config{hint}")
+
+
+def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
+    """Checks every field of a training config before any work starts.
+
+    Args:
+      config: a training config (``configs/default.py`` and the configs built on it).
+      num_devices: the devices the run's mesh spans; default ``jax.device_count()``.
+
+    Raises:
+      ConfigError: the first bad field, as one line ``config.<field>=<value>: <allowed>``:
+        an unknown field (a misspelt one), a missing one, a value of the wrong type, out of
+        range, not finite or not an allowed name, or fields that do not fit together (batch
+        sizes against the mesh's data axis and the process count, the mesh against the
+        devices, ``mesh.model`` against the model's attention heads, ...).
+    """
+    ctx = _Context(
+        config,
+        num_devices=jax.device_count() if num_devices is None else num_devices,
+        process_count=jax.process_count(),
+    )
+    for path, value in _leaves(config):
+        if path in _GROUPS:
+            raise ConfigError(path, value, "must be a group of fields")
+        if path not in FIELDS:
+            raise _unknown_field(path, value)
+    for field, rule in FIELDS.items():
+        value = ctx.get(field, _MISSING)
+        if value is _MISSING:
+            if field in OPTIONAL_FIELDS:
+                continue
+            group = field.rpartition(".")[0]
+            if group and not _is_group(ctx.get(group)):
+                raise ConfigError(group, ctx.get(group, _MISSING), "must be a group of fields")
+            raise ConfigError(field, _MISSING, "is missing (configs/default.py sets every field)")
+        if (allowed := rule(value, ctx)) is not None:
+            raise ConfigError(field, value, allowed)
+    for combination in COMBINATIONS:
+        if (error := combination(ctx)) is not None:
+            raise error
