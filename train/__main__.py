@@ -4,17 +4,18 @@
     python -m train --config configs/imdb_minilm.py --workdir runs/imdb \\
         --config.loss.name=weighted --config.optim.learning_rate=3e-5
 
-Any config field can be overridden with `--config.<path>=<value>`. Re-running with the same
-`--workdir` resumes from its newest checkpoint.
+Any config field can be overridden with `--config.<path>=<value>`. Every field is checked before
+any work starts: a bad value is reported in one line (`--debug` for a traceback) and nothing is
+written to `--workdir`. Re-running with the same `--workdir` resumes from its newest checkpoint.
 """
 
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from train.cli import RESULT_KEYS, setup_process
+from train.cli import RESULT_KEYS, run_cli, setup_process
 
 # Make `from configs import default` work in config files when run from the repository root.
 sys.path.insert(0, os.getcwd())
@@ -55,6 +56,7 @@ def main(argv):
     from jaxsent.training.preemption import TrainingInterrupted
 
     try:
+        # Checks every config field first (ConfigError: one line, through run_cli).
         results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except TrainingInterrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
@@ -84,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

@@ -1,14 +1,117 @@
-"""What every entry point does first: quiet third-party logs, jaxsent's progress on stderr, and a
-persistent compilation cache."""
+"""What every entry point shares: `run_cli` (flag parsing and the one-line error path) and
+`setup_process` (quiet third-party logs, jaxsent's progress on stderr, a persistent compilation
+cache).
 
+Every command ends with ``run_cli(main)`` instead of ``absl.app.run(main)``::
+
+    from train.cli import run_cli, setup_process
+
+    def main(argv):
+        setup_process()
+        ...
+
+    if __name__ == "__main__":
+        run_cli(main)
+
+A user's error (a bad flag or config value, an unknown loss, data set or model name, a missing
+file or package, no hub access) is then printed as ``error: <one line>`` on stderr and the
+command exits with status 2 (`EXIT_USER_ERROR`), with no traceback; ``--debug`` shows the
+traceback instead.
+"""
+
+import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
+from absl import app, flags
 from absl import logging as absl_logging
 
 # The metrics a command prints (its eval_results.json holds every one).
 RESULT_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "nll", "brier", "ece")
+
+EXIT_USER_ERROR = 2
+# Errors a user causes and can fix; `jaxsent.training.config_check.ConfigError` is a ValueError.
+USER_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, ConnectionError, app.UsageError)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("debug", False, "On an error, show its traceback instead of one line.")
+
+
+def run_cli(main: Callable[[list[str]], Any]) -> None:
+    """``absl.app.run(main)`` with the shared error path of every jaxsent command.
+
+    Flag errors (an unknown or malformed flag, a missing required one, an override of a config
+    field that does not exist, a config file that cannot be loaded) and `USER_ERRORS` raised by
+    `main` are printed as one line, ``error: <message>``, on stderr, and the process exits with
+    status 2. With ``--debug`` they are raised with their traceback. Other exceptions (bugs)
+    always keep their traceback.
+    """
+    app.run(_reporting_errors(main), flags_parser=_parse_flags)
+
+
+def _fail(message: str) -> None:
+    sys.stdout.flush()
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    print(f"error: {' '.join(lines)}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _describe(err: BaseException) -> str:
+    # A KeyError's str() is the repr of its message.
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return text or type(err).__name__
+
+
+def _unknown_override(err: Exception, argv: list[str]) -> str:
+    """`config_flags`' KeyError / AttributeError for ``--config.a.b=1`` when ``a.b`` is no field."""
+    inner: Any = err
+    while isinstance(inner, (KeyError, AttributeError)) and inner.args:
+        inner = inner.args[0]  # AttributeError(KeyError("'name'\nDid you mean ...?"))
+    first, *hint = str(inner).splitlines()
+    key = first.strip("'\"")
+    arg = next((a for a in argv[1:] if a.startswith("--") and key in a.split("=")[0]), key)
+    return f"{arg}: {key!r} is not a field of the config" + (f"; {' '.join(hint)}" if hint else "")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with its errors (and config files that fail to load) in one line."""
+    debug = any(a in ("--debug", "-debug", "--debug=true", "--debug=True") for a in argv)
+    try:
+        remaining = FLAGS(argv)
+    except (AttributeError, KeyError) as err:  # from config_flags: an override of no field
+        if debug:
+            raise
+        _fail(_unknown_override(err, argv))
+    except Exception as err:  # absl's flags.Error and whatever a config file raises while loaded
+        if debug:
+            raise
+        _fail(_describe(err))
+    for name in list(FLAGS):
+        # config_flags hands back a stand-in that raises OSError on use when the file failed.
+        try:
+            getattr(FLAGS[name].value, "keys", None)
+        except OSError as err:
+            if debug:
+                raise
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            _fail(f"--{name}: {lines[-1] if lines else err}")
+    return remaining
+
+
+def _reporting_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    @functools.wraps(main)
+    def wrapped(argv: list[str]) -> Any:
+        try:
+            return main(argv)
+        except USER_ERRORS as err:
+            if FLAGS.debug:
+                raise
+            _fail(_describe(err))
+
+    return wrapped
 
 
 def setup_process() -> None:
