@@ -18,7 +18,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from jaxsent.models import bert, bert_params
+from jaxsent.models import bert, bert_params, checkpoint
 from jaxsent.models.bert_params import CheckpointError
 
 TOL = 1e-4
@@ -294,7 +294,7 @@ def test_unused_tensors_are_reported(tiny, tiny_files, caplog):
     tensors, _ = tiny_files
     extra = {**tensors, "cls.predictions.bias": np.zeros(3, np.float32)}
     extra["embeddings.position_ids"] = np.arange(64)[None]
-    with caplog.at_level(logging.WARNING, logger=bert_params.__name__):
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
         _, report = bert_params.load_state(ours, extra)
     assert report.unused == ("cls.predictions.bias", "embeddings.position_ids")
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)

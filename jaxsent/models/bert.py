@@ -60,6 +60,10 @@ SUPPORTED_ACTIVATIONS = {
 
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
 
+# config.json model types this module implements, with their base architecture name. RoBERTa
+# and XLM-RoBERTa are BERT with one token type and position ids counted past the padding id.
+MODEL_TYPES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}
+
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
@@ -82,8 +86,10 @@ class BertConfig:
       type_vocab_size: number of token-type (segment) ids.
       layer_norm_eps: LayerNorm epsilon.
       initializer_range: std of the normal initialiser (random init only).
-      pad_token_id: padding token id (recorded for export; the mask decides what is padding).
+      pad_token_id: padding token id. For BERT it is only recorded (the mask decides what is
+        padding); for RoBERTa it is also the ``padding_idx`` the position ids are counted from.
       use_pooler: whether the model has the tanh pooler (HF ``add_pooling_layer``).
+      model_type: ``"bert"``, ``"roberta"`` or ``"xlm-roberta"`` (see :data:`MODEL_TYPES`).
     """
 
     vocab_size: int = 30522
@@ -100,8 +106,13 @@ class BertConfig:
     initializer_range: float = 0.02
     pad_token_id: int = 0
     use_pooler: bool = True
+    model_type: str = "bert"
 
     def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"BertConfig.model_type={self.model_type!r}; expected one of {sorted(MODEL_TYPES)}"
+            )
         for name in (
             "vocab_size",
             "hidden_size",
@@ -130,6 +141,28 @@ class BertConfig:
                 raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if self.positions_from_ids and not 0 <= self.pad_token_id < self.max_position_embeddings:
+            raise ValueError(
+                f"BertConfig.pad_token_id={self.pad_token_id!r} must index the position table "
+                f"(max_position_embeddings={self.max_position_embeddings}) for {self.model_type}"
+            )
+        if self.max_length <= 0:
+            raise ValueError(
+                f"BertConfig.max_position_embeddings={self.max_position_embeddings} leaves no "
+                f"position after pad_token_id={self.pad_token_id} for {self.model_type}"
+            )
+
+    @property
+    def positions_from_ids(self) -> bool:
+        """Whether position ids are counted past ``pad_token_id`` from the input ids (RoBERTa)."""
+        return self.model_type != "bert"
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence: RoBERTa's positions start at ``pad_token_id + 1``."""
+        if self.positions_from_ids:
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
 
     @property
     def head_dim(self) -> int:
@@ -147,16 +180,16 @@ class BertConfig:
           The config.
 
         Raises:
-          ValueError: for a model type other than ``bert``, or BERT variants this encoder
-            does not implement (decoder, cross-attention, relative position embeddings).
+          ValueError: for a model type not in :data:`MODEL_TYPES`, or BERT variants this
+            encoder does not implement (decoder, cross-attention, relative position embeddings).
         """
         raw = dict(hf_config) if isinstance(hf_config, Mapping) else hf_config.to_dict()
         model_type = raw.get("model_type")
-        if model_type != "bert":
+        if model_type not in MODEL_TYPES:
             raise ValueError(
                 f"config.json model_type={model_type!r} (architectures="
-                f"{raw.get('architectures')!r}) is not a BERT checkpoint; "
-                "jaxsent.models.bert loads model_type='bert' only"
+                f"{raw.get('architectures')!r}) is not a BERT-family checkpoint; "
+                f"jaxsent.models.bert loads model_type in {sorted(MODEL_TYPES)}"
             )
         position_type = raw.get("position_embedding_type", "absolute")
         if position_type != "absolute":
@@ -176,10 +209,9 @@ class BertConfig:
         return cls(**kwargs)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """Returns a ``config.json`` dict that ``transformers.BertConfig`` reads back."""
+        """Returns a ``config.json`` dict that ``transformers.AutoConfig`` reads back."""
         out = {
-            "architectures": ["BertModel"],
-            "model_type": "bert",
+            "architectures": [MODEL_TYPES[self.model_type]],
             "position_embedding_type": "absolute",
         }
         out.update(dataclasses.asdict(self))
@@ -330,6 +362,23 @@ def _dense(in_features, out_features, in_axes, out_axes, config, dtype, rngs, *,
     )
 
 
+def padded_position_ids(input_ids: jax.Array, padding_idx: int) -> jax.Array:
+    """RoBERTa's position ids: real tokens count from ``padding_idx + 1``, padding gets it.
+
+    The same as transformers' ``create_position_ids_from_input_ids``: a token equal to
+    ``padding_idx`` is padding wherever it stands, whatever the attention mask says.
+
+    Args:
+      input_ids: [B, L] int token ids.
+      padding_idx: the padding token id.
+
+    Returns:
+      [B, L] int32 position ids.
+    """
+    real = (input_ids != padding_idx).astype(jnp.int32)
+    return jnp.cumsum(real, axis=1, dtype=jnp.int32) * real + padding_idx
+
+
 class BertEmbeddings(nnx.Module):
     """word + position + token-type embeddings, LayerNorm, dropout."""
 
@@ -350,12 +399,16 @@ class BertEmbeddings(nnx.Module):
         self.token_type_embeddings = embed(config.type_vocab_size, (None, "embed"))
         self.layer_norm = _layer_norm(config, dtype, rngs)
         self.dropout = Dropout(config.hidden_dropout_prob, deterministic=True)
+        self.padding_idx = config.pad_token_id if config.positions_from_ids else None
 
     def __call__(self, input_ids, token_type_ids, *, deterministic=None, rngs=None):
         """Args: input_ids, token_type_ids [B, L] int. Returns: [B, L, H]."""
         length = input_ids.shape[1]
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(jnp.arange(length))[None]
+        if self.padding_idx is None:
+            x = x + self.position_embeddings(jnp.arange(length))[None]
+        else:
+            x = x + self.position_embeddings(padded_position_ids(input_ids, self.padding_idx))
         x = self.layer_norm(x)
         return self.dropout(x, deterministic=deterministic, rngs=rngs)
 
@@ -432,20 +485,138 @@ class BertLayer(nnx.Module):
         return self.output_norm(h + self.output_dropout(ffn, **kw))
 
 
-class BertEncoder(nnx.Module):
-    """A stack of ``num_hidden_layers`` :class:`BertLayer`."""
+# Encoder layouts (`remat`, `scan_layers`): how the layers run, not what they compute. A stacked
+# encoder keeps its parameters in one BertLayer under this attribute, each with a leading layer
+# axis; checkpoints and exports stay per layer (`unrolled` converts at the edge).
+STACKED_LAYERS = "stacked_layers"
+# 'none' keeps every activation for the backward pass; 'full' keeps only each layer's input and
+# recomputes the layer; 'dots' keeps the outputs of the matmuls without batch dimensions (the
+# projections and the feed-forward layers) and recomputes the rest (attention scores,
+# softmax, GELU, LayerNorm), as MaxText's 'minimal' policy.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
-    def __init__(self, config: BertConfig, *, dtype, attention_impl=None, rngs: nnx.Rngs):
-        self.layers = nnx.List(
-            [
-                BertLayer(config, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-                for _ in range(config.num_hidden_layers)
-            ]
-        )
+
+def _stack(variables: list[nnx.Variable]) -> nnx.Variable:
+    axes = variables[0].get_metadata().get("out_sharding")
+    value = jnp.stack([v.get_value() for v in variables])
+    if axes is None:
+        return variables[0].replace(value)
+    return variables[0].replace(value, out_sharding=(None, *axes))
+
+
+def _unstack(variable: nnx.Variable, index: int) -> nnx.Variable:
+    axes = variable.get_metadata().get("out_sharding")
+    value = variable.get_value()[index]
+    if axes is None:
+        return variable.replace(value)
+    return variable.replace(value, out_sharding=tuple(axes[1:]))
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+class BertEncoder(nnx.Module):
+    """A stack of ``num_hidden_layers`` :class:`BertLayer`.
+
+    Args:
+      config, dtype, attention_impl, rngs: as in :class:`BertModel`.
+      remat: what the backward pass recomputes, a key of :data:`REMAT_POLICIES`.
+      scan_layers: run the layers as one ``jax.lax.scan`` over parameters stacked along a
+        leading layer axis (held in :data:`STACKED_LAYERS`), so the compiler sees one layer
+        body instead of ``num_hidden_layers`` copies; else ``self.layers`` lists the layers.
+
+    Every layout computes the same function with the same dropout masks: the dropout stream is
+    threaded through the layers in order, each layer drawing its keys as the unrolled stack does.
+    """
+
+    def __init__(
+        self,
+        config: BertConfig,
+        *,
+        dtype,
+        attention_impl=None,
+        remat: str = "none",
+        scan_layers: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        layers = [
+            BertLayer(config, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+            for _ in range(config.num_hidden_layers)
+        ]
+        self._set_layers(layers, remat=remat, scan_layers=scan_layers)
+
+    def _set_layers(self, layers: list[BertLayer], *, remat: str, scan_layers: bool) -> None:
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        if not isinstance(scan_layers, bool):
+            raise ValueError(f"scan_layers must be a bool, got {scan_layers!r}")
+        self.remat = remat
+        self.scan_layers = scan_layers
+        self.num_layers = len(layers)
+        if scan_layers:
+            states = [nnx.state(layer) for layer in layers]
+            stacked = jax.tree.map(lambda *vs: _stack(list(vs)), *states, is_leaf=_is_variable)
+            # nnx.data: the attributes switch between a module and None under set_layout.
+            self.stacked_layers = nnx.data(nnx.merge(nnx.graphdef(layers[0]), stacked))
+            self.layers = nnx.data(None)
+        else:
+            self.layers = nnx.data(nnx.List(layers))
+            self.stacked_layers = nnx.data(None)
+
+    def layer_list(self) -> list[BertLayer]:
+        """The layers one by one (slices of the stacked parameters under ``scan_layers``)."""
+        if not self.scan_layers:
+            return list(self.layers)
+        graphdef, state = nnx.split(self.stacked_layers)
+        return [
+            nnx.merge(
+                graphdef,
+                jax.tree.map(functools.partial(_unstack, index=i), state, is_leaf=_is_variable),
+            )
+            for i in range(self.num_layers)
+        ]
+
+    def set_layout(self, *, remat: str, scan_layers: bool) -> None:
+        """Re-lays the same parameters out for ``remat`` and ``scan_layers`` (in place)."""
+        self._set_layers(self.layer_list(), remat=remat, scan_layers=scan_layers)
 
     def __call__(self, x, mask, *, deterministic=None, rngs=None):
-        for layer in self.layers:
-            x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+        if not self.scan_layers and self.remat == "none":
+            for layer in self.layers:
+                x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+            return x
+        # The functional form: each layer applied by a pure function of (parameters, x, dropout
+        # stream state), which jax.checkpoint and jax.lax.scan take.
+        rng_graphdef, rng_state = (None, None) if rngs is None else nnx.split(rngs)
+
+        def apply(graphdef, params, x, mask, rng_state):
+            layer = nnx.merge(graphdef, params)
+            stream = None if rng_graphdef is None else nnx.merge(rng_graphdef, rng_state)
+            y = layer(x, mask, deterministic=deterministic, rngs=stream)
+            return y, None if stream is None else nnx.state(stream)
+
+        policy = REMAT_POLICIES[self.remat]
+        if self.scan_layers:
+            graphdef, stacked = nnx.split(self.stacked_layers)
+
+            def body(carry, params):
+                return apply(graphdef, params, carry[0], mask, carry[1]), None
+
+            if self.remat != "none":
+                body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+            (x, rng_state), _ = jax.lax.scan(body, (x, rng_state), stacked)
+        else:
+            for layer in self.layers:
+                graphdef, params = nnx.split(layer)
+                step = jax.checkpoint(functools.partial(apply, graphdef), policy=policy)
+                x, rng_state = step(params, x, mask, rng_state)
+        if rngs is not None:
+            nnx.update(rngs, rng_state)
         return x
 
 
@@ -461,6 +632,7 @@ class BertModel(nnx.Module):
         ``jax.nn.dot_product_attention`` with a boolean padding mask (any padding layout);
         ``"cudnn"`` its fused GPU kernel (padding passed as lengths, so right padding only;
         untested here, no GPU); ``"einsum"`` the explicit softmax(q k^T / sqrt(d)) v.
+      remat, scan_layers: the encoder's layout (see :class:`BertEncoder`); the same function.
       rngs: parameter initialisation keys (``rngs.params``). Dropout keys are passed at
         call time, so the encoder holds parameters only.
     """
@@ -471,6 +643,8 @@ class BertModel(nnx.Module):
         *,
         dtype=jnp.float32,
         attention_impl: str | None = None,
+        remat: str = "none",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         if attention_impl not in ATTENTION_IMPLEMENTATIONS:
@@ -480,7 +654,14 @@ class BertModel(nnx.Module):
         self.config = config
         self.dtype = dtype
         self.embeddings = BertEmbeddings(config, dtype=dtype, rngs=rngs)
-        self.encoder = BertEncoder(config, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+        self.encoder = BertEncoder(
+            config,
+            dtype=dtype,
+            attention_impl=attention_impl,
+            remat=remat,
+            scan_layers=scan_layers,
+            rngs=rngs,
+        )
         if config.use_pooler:
             # Output axis unnamed: splitting [B, H] pooled features over `model` only to
             # gather them again for the head costs more than it saves.
@@ -502,7 +683,8 @@ class BertModel(nnx.Module):
         """Encodes a batch.
 
         Args:
-          input_ids: [B, L] int token ids, L <= ``max_position_embeddings``.
+          input_ids: [B, L] int token ids, L <= ``config.max_length``
+            (``max_position_embeddings``, less ``pad_token_id + 1`` for RoBERTa).
           attention_mask: [B, L], nonzero/True on real tokens; ``None`` means no padding.
           token_type_ids: [B, L] int segment ids; ``None`` means all zeros.
           deterministic: ``True`` disables dropout, ``False`` enables it, ``None`` follows
@@ -517,10 +699,11 @@ class BertModel(nnx.Module):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
         length = input_ids.shape[1]
-        if length > self.config.max_position_embeddings:
+        if length > self.config.max_length:
             raise ValueError(
-                f"input_ids length {length} exceeds max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
+                f"input_ids length {length} exceeds the longest sequence, "
+                f"{self.config.max_length} (max_position_embeddings="
+                f"{self.config.max_position_embeddings}, model_type={self.config.model_type!r})"
             )
         for name, arr in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if arr is not None and arr.shape != input_ids.shape:
@@ -544,6 +727,18 @@ class BertModel(nnx.Module):
         x = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
         pooled = None if self.pooler is None else jnp.tanh(self.pooler(x[:, 0]))
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+
+def unrolled(model: BertModel) -> BertModel:
+    """``model`` itself when its layers are unrolled, else a copy with per-layer parameters.
+
+    Checkpoint export (the Hugging Face layout names every layer) goes through this.
+    """
+    if not model.encoder.scan_layers:
+        return model
+    copy = nnx.merge(*nnx.split(model))
+    copy.encoder.set_layout(remat=model.encoder.remat, scan_layers=False)
+    return copy
 
 
 def read_config(directory: str | os.PathLike, **overrides: Any) -> BertConfig:
