@@ -130,6 +130,6 @@ def test_an_export_outside_a_run_needs_a_workdir(run_dir, tmp_path):
     result = run(
         module("train.evaluate", "--model", tmp_path / "model", "--data=sst2", "--split=validation")
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "is an export outside a run's work directory: pass --workdir" in result.stderr
     assert "Traceback" not in result.stderr

@@ -215,13 +215,13 @@ def test_input_problems_are_named(predictor, tmp_path):
 def test_the_command_line_reports_errors_in_one_line(run_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     result = run(module("train.predict", "--model", tmp_path, "--text", "fine"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "is neither a training work directory" in result.stderr
     assert "Traceback" not in result.stderr
     result = run(module("train.predict", "--model", run_dir, "--text", "fine", "--text", ""))
-    assert result.returncode == 1 and "--text 2: empty text" in result.stderr
+    assert result.returncode == 2 and "--text 2: empty text" in result.stderr
     result = run(module("train.predict", "--model", run_dir, "--input", "x.csv", "--output", "y"))
-    assert result.returncode == 1 and "unsupported file type" in result.stderr
+    assert result.returncode == 2 and "unsupported file type" in result.stderr
 
 
 def test_a_run_without_export_predicts_from_its_best_checkpoint(run_dir, tmp_path, caplog):

@@ -13,11 +13,10 @@ run's fitted temperature): `eval_results.json`, `predictions.parquet` and `relia
 """
 
 import os
-import sys
 
 from absl import app, flags
 
-from train.cli import RESULT_KEYS, setup_process
+from train.cli import RESULT_KEYS, run_cli, setup_process
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A training work directory or an export folder.")
@@ -26,9 +25,14 @@ flags.DEFINE_string("split", "test", "The split to evaluate (a file stem for loc
 flags.DEFINE_string(
     "workdir", None, "Where to write the report (default: <run>/evaluations/<data>-<split>)."
 )
-flags.DEFINE_integer("size", 0, "Evaluate a fixed stratified sample of this many examples.")
 flags.DEFINE_integer(
-    "sample_seed", None, "The sample's seed (default: the run's data.eval_sample_seed or seed)."
+    "size", 0, "Evaluate a fixed stratified sample of this many examples.", lower_bound=0
+)
+flags.DEFINE_integer(
+    "sample_seed",
+    None,
+    "The sample's seed (default: the run's data.eval_sample_seed or seed).",
+    lower_bound=0,
 )
 flags.DEFINE_string("data_dir", None, "Overrides $JAXSENT_DATA_DIR for known data set names.")
 flags.DEFINE_string("text_column", None, "The data's text column when not a usual name.")
@@ -36,7 +40,9 @@ flags.DEFINE_string("label_column", None, "The data's label column when not a us
 flags.DEFINE_enum(
     "on_bad_rows", "error", ["error", "filter"], "Malformed rows: stop, or leave out and say so."
 )
-flags.DEFINE_integer("batch_size", None, "Rows per batch (default: the run's eval batch size).")
+flags.DEFINE_integer(
+    "batch_size", None, "Rows per batch (default: the run's eval batch size).", lower_bound=1
+)
 flags.mark_flags_as_required(["model", "data"])
 
 
@@ -72,30 +78,31 @@ def main(argv):
     setup_process()
     from jaxsent.inference import Scorer, evaluation_results, load_eval_split, load_trained
     from jaxsent.reporting import write_report
+    from jaxsent.training.config_check import data_source_problem
 
-    try:
-        trained = load_trained(FLAGS.model)
-        directory = _output_dir(trained)
-        split, notes = load_eval_split(
-            trained,
-            FLAGS.data,
-            split=FLAGS.split,
-            size=FLAGS.size,
-            sample_seed=FLAGS.sample_seed,
-            data_dir=FLAGS.data_dir,
-            text_column=FLAGS.text_column,
-            label_column=FLAGS.label_column,
-            on_bad_rows=FLAGS.on_bad_rows,
-        )
-        scorer = Scorer(
-            trained.model,
-            batch_size=FLAGS.batch_size or trained.settings.batch_size,
-            boundaries=trained.settings.bucket_boundaries,
-            pad_id=trained.tokenizer.pad_token_id or 0,
-        )
-        predictions = scorer.predict_split(split)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, ConnectionError) as err:
-        sys.exit(f"error: {err}")
+    # Errors (no such model or data, a bad row, ...) reach run_cli: one line, exit status 2.
+    if problem := data_source_problem(FLAGS.data, data_dir=FLAGS.data_dir or ""):
+        raise app.UsageError(f"--data={FLAGS.data!r}: {problem}")
+    trained = load_trained(FLAGS.model)
+    directory = _output_dir(trained)
+    split, notes = load_eval_split(
+        trained,
+        FLAGS.data,
+        split=FLAGS.split,
+        size=FLAGS.size,
+        sample_seed=FLAGS.sample_seed,
+        data_dir=FLAGS.data_dir,
+        text_column=FLAGS.text_column,
+        label_column=FLAGS.label_column,
+        on_bad_rows=FLAGS.on_bad_rows,
+    )
+    scorer = Scorer(
+        trained.model,
+        batch_size=FLAGS.batch_size or trained.settings.batch_size,
+        boundaries=trained.settings.bucket_boundaries,
+        pad_id=trained.tokenizer.pad_token_id or 0,
+    )
+    predictions = scorer.predict_split(split)
     results = evaluation_results(predictions, trained)
     results.update(split=FLAGS.split, data=FLAGS.data, model=trained.describe(), notes=notes)
     write_report(directory, results, predictions, title=f"{FLAGS.data} {FLAGS.split}")
@@ -103,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)

@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from train.cli import setup_process
+from train.cli import run_cli, setup_process
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A training work directory or an export folder.")
@@ -28,8 +28,12 @@ flags.DEFINE_string(
     "text_column", None, "--input's text column (default: text, sentence, review or content)."
 )
 flags.DEFINE_bool("raw", False, "Probabilities without the run's fitted temperature.")
-flags.DEFINE_integer("batch_size", None, "Rows per batch (default: the run's eval batch size).")
-flags.DEFINE_integer("chunk_rows", 8192, "Rows of --input read, scored and written at a time.")
+flags.DEFINE_integer(
+    "batch_size", None, "Rows per batch (default: the run's eval batch size).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "chunk_rows", 8192, "Rows of --input read, scored and written at a time.", lower_bound=1
+)
 flags.DEFINE_string(
     "prefix", "", "Prefix for the added columns, e.g. pred_ when --input has a 'label' column."
 )
@@ -53,6 +57,8 @@ def _check_flags() -> None:
             raise app.UsageError(str(err)) from err
         if os.path.abspath(FLAGS.output) == os.path.abspath(FLAGS.input):
             raise app.UsageError("--output must not be --input")
+        if "://" not in FLAGS.input and not os.path.isfile(FLAGS.input):
+            raise app.UsageError(f"--input={FLAGS.input!r}: no such file")
     elif FLAGS.output or FLAGS.text_column:
         raise app.UsageError("--output and --text_column go with --input")
 
@@ -93,26 +99,24 @@ def main(argv):
     setup_process()
     from jaxsent.inference import Predictor, load_trained, predict_file
 
-    try:
-        predictor = Predictor(
-            load_trained(FLAGS.model), batch_size=FLAGS.batch_size, calibrated=not FLAGS.raw
+    # Errors (no such model, a bad row, ...) reach run_cli: one line, exit status 2.
+    predictor = Predictor(
+        load_trained(FLAGS.model), batch_size=FLAGS.batch_size, calibrated=not FLAGS.raw
+    )
+    _note_temperature(predictor)
+    if FLAGS.text:
+        _print_texts(predictor, FLAGS.text)
+    else:
+        rows = predict_file(
+            predictor,
+            FLAGS.input,
+            FLAGS.output,
+            text_column=FLAGS.text_column,
+            chunk_rows=FLAGS.chunk_rows,
+            prefix=FLAGS.prefix,
         )
-        _note_temperature(predictor)
-        if FLAGS.text:
-            _print_texts(predictor, FLAGS.text)
-        else:
-            rows = predict_file(
-                predictor,
-                FLAGS.input,
-                FLAGS.output,
-                text_column=FLAGS.text_column,
-                chunk_rows=FLAGS.chunk_rows,
-                prefix=FLAGS.prefix,
-            )
-            print(f"wrote {rows:,} rows to {os.path.abspath(FLAGS.output)}", file=sys.stderr)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        print(f"wrote {rows:,} rows to {os.path.abspath(FLAGS.output)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)
