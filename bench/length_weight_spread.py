@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         config = plan_study(load_config_file(args.config), scratch)[0].config
-    splits, _ = load_splits(config, load_tokenizer(config.model.name))
+    splits, _, _ = load_splits(config, load_tokenizer(config.model.name))
     lengths = splits["train"].arrays.lengths
     dc = config.data
     print(

@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.train_size = 0  # 0 = all remaining train examples; else a stratified subset of this size
     data.eval_size = 0  # 0 = the whole eval split; else a fixed stratified sample of this size
     data.eval_sample_seed = 0  # the eval sample's seed: the same examples for every training seed
+    # A data set with one split only (a single file) is divided: this fraction (or count) of it,
+    # stratified and fixed by eval_sample_seed, is held out for the final evaluation.
+    data.eval_holdout = 0.2
     # Other data sets evaluated from the best checkpoint at the end: 'name[:split],...' (e.g.
     # 'rotten_tomatoes:all'); reports in extra_evals/<name>-<split>/ and eval_results.json.
     data.extra_evals = ""

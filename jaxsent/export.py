@@ -13,11 +13,10 @@ evaluation batch size, the temperature fitted on validation) and where the model
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 from etils import epath
@@ -25,16 +24,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from jaxsent.data.preprocess import check_truncation
-from jaxsent.models import METADATA_FILE, load_tokenizer, read_metadata, save_pretrained
-from jaxsent.training.steps import merge_model
-
-if TYPE_CHECKING:
-    from jaxsent.training.loop import Run
+from jaxsent.models import METADATA_FILE, read_metadata, save_pretrained
 
 __all__ = [
     "EXPORT_DIR",
     "InferenceSettings",
-    "export_run",
+    "gathered_params",
     "is_export",
     "read_settings",
     "write_export",
@@ -161,7 +156,7 @@ def write_export(
     return directory
 
 
-def _gathered_params(model: nnx.Module) -> nnx.Module:
+def gathered_params(model: nnx.Module) -> nnx.Module:
     """``model`` with every parameter whole on this host (every process must call it)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -171,45 +166,3 @@ def _gathered_params(model: nnx.Module) -> nnx.Module:
         return x
 
     return nnx.merge(graphdef, jax.tree.map(gather, params), rest)
-
-
-def export_run(run: Run, results: dict[str, Any]) -> epath.Path | None:
-    """Exports the model a finished run holds (its best checkpoint) to ``workdir/export``.
-
-    Every process calls it (sharded parameters are gathered); process 0 writes.
-
-    Args:
-      run: the run, its state restored from the best checkpoint.
-      results: the final report; its ``temperature`` and ``best_step`` are recorded.
-
-    Returns:
-      The export folder on process 0, else None.
-    """
-    model = _gathered_params(merge_model(run.steps, run.state))
-    if jax.process_index() != 0:
-        return None
-    config = run.config
-    temperature = results.get("temperature")
-    settings = InferenceSettings(
-        max_length=config.data.max_length,
-        clean_markup=config.data.clean_markup,
-        truncation=config.data.truncation,
-        head_fraction=config.data.head_fraction,
-        bucket_boundaries=tuple(int(b) for b in run.boundaries),
-        batch_size=config.train.eval_batch_size,
-        temperature=None if temperature is None else float(temperature),
-    )
-    run_info = {
-        "workdir": os.fspath(run.workdir),
-        "best_step": results.get("best_step"),
-        "config": json.loads(config.to_json_best_effort()),
-    }
-    directory = write_export(
-        model,
-        epath.Path(run.workdir) / EXPORT_DIR,
-        tokenizer=load_tokenizer(config.model.name),
-        settings=settings,
-        run_info=run_info,
-    )
-    log.info("exported the best checkpoint to %s", directory)
-    return directory

@@ -32,16 +32,21 @@ from jaxsent.data.preprocess import (
     BadRow,
     Encoded,
     PrepareReport,
+    ScreenedRows,
     clean_text,
     encode_texts,
     find_bad_rows,
     prepare,
     prepare_with_report,
+    screen_rows,
     split_train_validation,
+    stratified_indices,
     stratified_subset,
     text_problem,
+    tokenize_rows,
+    validation_indices,
 )
-from jaxsent.data.sources import DATA_DIR_ENV, KNOWN_DATASETS, KnownDataset, load_raw
+from jaxsent.data.sources import DATA_DIR_ENV, KNOWN_DATASETS, KnownDataset, load_raw, split_names
 
 __all__ = [
     "BadRow",
@@ -55,6 +60,7 @@ __all__ = [
     "LABEL_NAMES",
     "PlanStats",
     "PrepareReport",
+    "ScreenedRows",
     "TokenArrays",
     "batch_plan",
     "clean_text",
@@ -67,9 +73,14 @@ __all__ = [
     "plan_stats",
     "prepare",
     "prepare_with_report",
+    "screen_rows",
+    "split_names",
     "split_train_validation",
+    "stratified_indices",
     "stratified_subset",
     "text_problem",
     "to_numpy_columns",
     "token_arrays",
+    "tokenize_rows",
+    "validation_indices",
 ]

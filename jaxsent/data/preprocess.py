@@ -195,31 +195,60 @@ def find_bad_rows(
     return bad
 
 
-def prepare_with_report(
-    ds: datasets.Dataset,
-    tokenizer,
-    *,
-    max_length: int,
-    split_name: str,
-    clean_markup: bool = True,
-    on_bad_rows: str = "error",
-    truncation: str = "head",
-    head_fraction: float = 0.25,
-) -> tuple[datasets.Dataset, PrepareReport]:
-    """Validates, cleans and tokenises one split; returns it with a report. See `prepare`."""
-    if on_bad_rows not in ON_BAD_ROWS:
-        raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {on_bad_rows!r}")
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
-    check_truncation(truncation, head_fraction)
-    if getattr(tokenizer, "is_fast", False) is not True:
-        raise ValueError(
-            f"tokenizer must be a fast (Rust) tokenizer, got {type(tokenizer).__name__}"
+@dataclasses.dataclass(frozen=True)
+class ScreenedRows:
+    """A split's well-formed rows, validated but not yet tokenised (see `screen_rows`).
+
+    Selecting rows here (a validation split, a training subset, an evaluation sample) before
+    `tokenize_rows` tokenises only the rows a run uses.
+
+    Attributes:
+      ds: the kept rows (``text``, ``label`` and any other source columns).
+      example_ids: int64 ``[N]``: each kept row's index in the input split.
+      labels: int64 ``[N]``: each kept row's label, normalised to 0/1.
+      split_name: the split's name, used in messages.
+      num_input_rows: rows in the input split.
+      bad_rows: every malformed row found.
+      num_filtered: rows removed (``on_bad_rows="filter"``), else 0.
+    """
+
+    ds: datasets.Dataset
+    example_ids: np.ndarray
+    labels: np.ndarray
+    split_name: str
+    num_input_rows: int
+    bad_rows: tuple[BadRow, ...]
+    num_filtered: int
+
+    def __len__(self) -> int:
+        return len(self.example_ids)
+
+    def select(self, rows: np.ndarray) -> ScreenedRows:
+        """The rows at positions ``rows`` (into the kept rows), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return dataclasses.replace(
+            self,
+            ds=self.ds.select(rows),
+            example_ids=self.example_ids[rows],
+            labels=self.labels[rows],
         )
 
+
+def screen_rows(
+    ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True, on_bad_rows: str = "error"
+) -> ScreenedRows:
+    """Validates one split's rows (see `find_bad_rows`) and normalises its labels.
+
+    Raises:
+      ValueError: a missing ``text``/``label`` column, a bad ``on_bad_rows``, or malformed rows
+        with ``on_bad_rows="error"`` (the message names the split, rows and values).
+    """
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {on_bad_rows!r}")
     num_input_rows = len(ds)
     bad = find_bad_rows(ds, split_name=split_name, clean_markup=clean_markup)
     example_ids = np.arange(num_input_rows, dtype=np.int64)
+    num_filtered = 0
     if bad:
         bad_idx = sorted({b.row for b in bad})
         shown = "; ".join(b.describe() for b in bad[:_ERRORS_SHOWN])
@@ -231,16 +260,43 @@ def prepare_with_report(
         if on_bad_rows == "error":
             raise ValueError(f"{summary}. Fix the data or pass on_bad_rows='filter'.")
         logger.warning("%s. Filtered out (on_bad_rows='filter').", summary)
-        keep = np.setdiff1d(example_ids, np.asarray(bad_idx, dtype=np.int64))
-        ds = ds.select(keep)
-        example_ids = keep
+        example_ids = np.setdiff1d(example_ids, np.asarray(bad_idx, dtype=np.int64))
+        ds = ds.select(example_ids)
         num_filtered = len(bad_idx)
-    else:
-        num_filtered = 0
+    raw_labels = ds.select_columns(["label"]).with_format("arrow")[:]["label"].to_pylist()
+    labels = np.asarray([normalize_label(v) for v in raw_labels], dtype=np.int64)
+    return ScreenedRows(
+        ds=ds,
+        example_ids=example_ids,
+        labels=labels,
+        split_name=split_name,
+        num_input_rows=num_input_rows,
+        bad_rows=tuple(bad),
+        num_filtered=num_filtered,
+    )
 
+
+def tokenize_rows(
+    rows: ScreenedRows,
+    tokenizer,
+    *,
+    max_length: int,
+    clean_markup: bool = True,
+    truncation: str = "head",
+    head_fraction: float = 0.25,
+) -> tuple[datasets.Dataset, PrepareReport]:
+    """Cleans and tokenises screened rows; returns them with a report. See `prepare`."""
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    check_truncation(truncation, head_fraction)
+    if getattr(tokenizer, "is_fast", False) is not True:
+        raise ValueError(
+            f"tokenizer must be a fast (Rust) tokenizer, got {type(tokenizer).__name__}"
+        )
+    ds = rows.ds
     extra = [c for c in ds.column_names if c not in ("text", "label")]
     tokenize = _Tokenize(
-        tokenizer, max_length, clean_markup, example_ids, truncation, head_fraction
+        tokenizer, max_length, clean_markup, rows.example_ids, truncation, head_fraction
     )
     fingerprint = Hasher.hash(
         (
@@ -249,7 +305,7 @@ def prepare_with_report(
             tokenizer.backend_tokenizer.to_str(),
             max_length,
             clean_markup,
-            Hasher.hash(example_ids.tobytes()),
+            Hasher.hash(rows.example_ids.tobytes()),
             # Head-only truncation keeps the fingerprint (and the caches) it always had.
             *(() if truncation == "head" else (truncation, head_fraction)),
         )
@@ -262,17 +318,45 @@ def prepare_with_report(
         remove_columns=extra,
         features=PREPARED_FEATURES,
         new_fingerprint=fingerprint,
-        desc=f"tokenizing {split_name}",
+        desc=f"tokenizing {rows.split_name}",
     )
     lengths = out.with_format("arrow")[:]["length"].to_numpy()
     report = PrepareReport(
-        split_name=split_name,
-        num_input_rows=num_input_rows,
-        bad_rows=tuple(bad),
-        num_filtered=num_filtered,
+        split_name=rows.split_name,
+        num_input_rows=rows.num_input_rows,
+        bad_rows=rows.bad_rows,
+        num_filtered=rows.num_filtered,
         num_at_max_length=int(np.sum(lengths >= max_length)),
     )
     return out, report
+
+
+def prepare_with_report(
+    ds: datasets.Dataset,
+    tokenizer,
+    *,
+    max_length: int,
+    split_name: str,
+    clean_markup: bool = True,
+    on_bad_rows: str = "error",
+    truncation: str = "head",
+    head_fraction: float = 0.25,
+) -> tuple[datasets.Dataset, PrepareReport]:
+    """Validates, cleans and tokenises one split; returns it with a report. See `prepare`."""
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    check_truncation(truncation, head_fraction)
+    rows = screen_rows(
+        ds, split_name=split_name, clean_markup=clean_markup, on_bad_rows=on_bad_rows
+    )
+    return tokenize_rows(
+        rows,
+        tokenizer,
+        max_length=max_length,
+        clean_markup=clean_markup,
+        truncation=truncation,
+        head_fraction=head_fraction,
+    )
 
 
 def prepare(
@@ -401,6 +485,29 @@ def _stratified_pick(labels: np.ndarray, size: int, rng: np.random.Generator) ->
     return np.sort(np.concatenate(picked))
 
 
+def validation_indices(
+    labels: np.ndarray, *, validation_size: int | float, seed: int, stratify: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, validation) row indices of `split_train_validation`, from the labels alone.
+
+    Returns:
+      Two sorted, disjoint int64 index arrays that together cover ``range(len(labels))``.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    size = _resolve_size(validation_size, n, "validation_size")
+    if size >= n:
+        raise ValueError(
+            f"validation_size={validation_size!r} leaves no training rows (len(ds)={n})"
+        )
+    rng = np.random.default_rng(_check_seed(seed))
+    if stratify:
+        val = _stratified_pick(labels, size, rng)
+    else:
+        val = np.sort(rng.permutation(n)[:size])
+    return np.setdiff1d(np.arange(n), val), val
+
+
 def split_train_validation(
     ds: datasets.Dataset,
     *,
@@ -420,19 +527,22 @@ def split_train_validation(
     Returns:
       ``(train, validation)``, disjoint, together covering ``ds``, each in the original row order.
     """
-    n = len(ds)
-    size = _resolve_size(validation_size, n, "validation_size")
-    if size >= n:
-        raise ValueError(
-            f"validation_size={validation_size!r} leaves no training rows (len(ds)={n})"
-        )
-    rng = np.random.default_rng(_check_seed(seed))
-    if stratify:
-        val = _stratified_pick(_labels(ds), size, rng)
-    else:
-        val = np.sort(rng.permutation(n)[:size])
-    train = np.setdiff1d(np.arange(n), val)
+    labels = _labels(ds) if stratify else np.zeros(len(ds), np.int64)
+    train, val = validation_indices(
+        labels, validation_size=validation_size, seed=seed, stratify=stratify
+    )
     return ds.select(train), ds.select(val)
+
+
+def stratified_indices(labels: np.ndarray, *, size: int, seed: int) -> np.ndarray:
+    """The sorted row indices of `stratified_subset`, from the labels alone."""
+    n = len(labels)
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 1 <= size <= n:
+        raise ValueError(f"size must be an int in [1, {n}], got {size!r}")
+    if size == n:
+        return np.arange(n)
+    rng = np.random.default_rng(_check_seed(seed))
+    return _stratified_pick(np.asarray(labels), int(size), rng)
 
 
 def stratified_subset(ds: datasets.Dataset, *, size: int, seed: int) -> datasets.Dataset:
@@ -451,8 +561,7 @@ def stratified_subset(ds: datasets.Dataset, *, size: int, seed: int) -> datasets
         raise ValueError(f"size must be an int in [1, {n}], got {size!r}")
     if size == n:
         return ds
-    rng = np.random.default_rng(_check_seed(seed))
-    return ds.select(_stratified_pick(_labels(ds), int(size), rng))
+    return ds.select(stratified_indices(_labels(ds), size=size, seed=seed))
 
 
 def _resolve_size(size, n: int, name: str) -> int:

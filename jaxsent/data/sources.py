@@ -136,6 +136,44 @@ def load_raw(
     return _standardise(raw, split or "", text_column, label_column)
 
 
+def split_names(name_or_path: str, *, data_dir: str | None = None) -> list[str]:
+    """The split names `load_raw` offers for ``name_or_path``, without loading any data.
+
+    Resolution as in `load_raw`; for a hub data set, the hub's split names.
+
+    Raises:
+      ValueError: unknown name and no such path, or a known name's local folder has no files.
+      ConnectionError: a hub data set's splits could not be listed (e.g. offline).
+    """
+    known = KNOWN_DATASETS.get(name_or_path)
+    if known is not None:
+        root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+        if not root:
+            try:
+                return list(datasets.get_dataset_split_names(known.hub_path, known.hub_config))
+            except (ConnectionError, OSError) as err:
+                raise ConnectionError(
+                    f"could not list the splits of {name_or_path!r} ({known.hub_path!r}) on the "
+                    f"Hugging Face hub: {err}. Without hub access, set ${DATA_DIR_ENV}."
+                ) from err
+        folder = os.path.join(root, name_or_path)
+        if storage.is_remote(folder):
+            files = sorted(os.fspath(f) for f in epath.Path(folder).glob("*.parquet"))
+        else:
+            files = sorted(glob.glob(os.path.join(folder, "*.parquet")))
+        if not files:
+            raise ValueError(f"no *.parquet files for data set {name_or_path!r} in {folder!r}")
+        return sorted(_files_by_split(files))
+    if os.path.exists(name_or_path) or (
+        storage.is_remote(name_or_path) and epath.Path(name_or_path).exists()
+    ):
+        return sorted(_data_files(name_or_path)[1])
+    raise ValueError(
+        f"name_or_path={name_or_path!r} is neither a known data set "
+        f"({', '.join(sorted(KNOWN_DATASETS))}) nor an existing file or directory"
+    )
+
+
 def _load_hub(known: KnownDataset, name: str, split: str | None):
     try:
         return datasets.load_dataset(known.hub_path, known.hub_config, split=split)

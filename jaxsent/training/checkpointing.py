@@ -133,8 +133,13 @@ class Checkpoints:
             f"every checkpoint under {self.latest.directory} is unreadable (steps {steps})"
         )
 
+    def best_step(self) -> int | None:
+        """The step of the best checkpoint (after every pending save), or None."""
+        self.best.wait_until_finished()
+        return self.best.best_step()
+
     def restore_best(self, like: nnx.State) -> tuple[nnx.State, dict[str, Any]]:
-        step = self.best.best_step()
+        step = self.best_step()
         if step is None:
             raise FileNotFoundError(f"no best checkpoint under {self.best.directory}")
         log.info("restoring best checkpoint, step %d", step)

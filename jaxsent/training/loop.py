@@ -8,8 +8,10 @@ on the evaluation split from the best checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -24,15 +26,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from jaxsent import calibration, evaluation, losses, reporting, sharding, storage
+from jaxsent import calibration, evaluation, export, losses, reporting, sharding, storage
 from jaxsent import data as data_lib
-from jaxsent.export import export_run
 from jaxsent.models import SentimentClassifier, load_tokenizer
 from jaxsent.training.checkpointing import Checkpoints
 from jaxsent.training.config_check import check_config, parse_extra_evals
 from jaxsent.training.optim import make_optimizer
 from jaxsent.training.preemption import StopSignals, TrainingInterrupted
-from jaxsent.training.steps import StepFunctions, build_steps, trainable_filter
+from jaxsent.training.steps import StepFunctions, build_steps, merge_model, trainable_filter
+from jaxsent.training.timing import PhaseTimer
 from jaxsent.training.writers import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -104,59 +106,114 @@ def length_bucketing_warning(loss_fields, boundaries) -> str | None:
     )
 
 
+def _as_count_or_fraction(size):
+    # ml_collections keeps the field's float type, so a count given as 256 arrives as 256.0.
+    return int(size) if size >= 1 else size
+
+
 def load_splits(
-    config: ml_collections.ConfigDict, tokenizer
-) -> tuple[dict[str, Split], dict[str, int]]:
+    config: ml_collections.ConfigDict, tokenizer, timer: PhaseTimer | None = None
+) -> tuple[dict[str, Split], dict[str, int], list[str]]:
     """Train / validation (carved from train, fixed seed) / eval splits, tokenized.
 
-    Also returns the sizes before any subsetting, so the run can say what it left out.
+    Rows are validated and selected (validation split, training subset, evaluation sample) from
+    their labels first, and only the selected rows are tokenised. A data set with a single split
+    (one file) and neither `data.train_split` nor `data.eval_split` among its splits is divided:
+    a stratified `data.eval_holdout` of it (fixed by `data.eval_sample_seed`) is held out for the
+    final evaluation and the rest is trained on.
+
+    Returns:
+      The splits; the sizes before any subsetting, so the run can say what it left out; and notes
+      on how the splits were made.
     """
+    timer = timer or PhaseTimer()
     dc = config.data
     kwargs = dict(
         data_dir=dc.data_dir or None,
         text_column=dc.text_column or None,
         label_column=dc.label_column or None,
     )
-    raw_train = data_lib.load_raw(dc.name, split=dc.train_split, **kwargs)
-    raw_eval = data_lib.load_raw(dc.name, split=dc.eval_split, **kwargs)
 
-    def prepare(ds, split_name):
-        return data_lib.prepare(
-            ds,
+    def screen(ds, split_name):
+        return data_lib.screen_rows(
+            ds, split_name=split_name, clean_markup=dc.clean_markup, on_bad_rows=dc.on_bad_rows
+        )
+
+    def tokenize(rows):
+        return data_lib.tokenize_rows(
+            rows,
             tokenizer,
             max_length=dc.max_length,
-            split_name=split_name,
             clean_markup=dc.clean_markup,
-            on_bad_rows=dc.on_bad_rows,
             truncation=dc.truncation,
             head_fraction=dc.head_fraction,
-        )
+        )[0]
 
-    train_all = prepare(raw_train, dc.train_split)
-    # ml_collections keeps the field's float type, so a count given as 256 arrives as 256.0.
-    validation_size = dc.validation_size
-    if validation_size >= 1:
-        validation_size = int(validation_size)
-    train, validation = data_lib.split_train_validation(
-        train_all, validation_size=validation_size, seed=config.seed
-    )
-    full_sizes = {"train": len(train)}
-    if dc.train_size and dc.train_size < len(train):
-        train = data_lib.stratified_subset(train, size=dc.train_size, seed=config.seed)
-    evaluation = prepare(raw_eval, dc.eval_split)
-    full_sizes["eval"] = len(evaluation)
-    if dc.eval_size and dc.eval_size < len(evaluation):
-        # One sample for every training seed: seeds and loss variants are compared on the same
-        # examples.
-        evaluation = data_lib.stratified_subset(
-            evaluation, size=dc.eval_size, seed=dc.eval_sample_seed
+    notes = []
+    with timer.phase("load"):
+        names = data_lib.split_names(dc.name, data_dir=dc.data_dir or None)
+        single = _single_split(names, dc)
+        if single is None:
+            train_rows = screen(
+                data_lib.load_raw(dc.name, split=dc.train_split, **kwargs), dc.train_split
+            )
+            eval_rows = screen(
+                data_lib.load_raw(dc.name, split=dc.eval_split, **kwargs), dc.eval_split
+            )
+        else:
+            rows = screen(data_lib.load_raw(dc.name, split=single, **kwargs), single)
+            held_out, kept = data_lib.validation_indices(
+                rows.labels,
+                validation_size=_as_count_or_fraction(dc.eval_holdout),
+                seed=dc.eval_sample_seed,
+            )[::-1]
+            train_rows, eval_rows = rows.select(kept), rows.select(held_out)
+            notes.append(
+                f"{dc.name} has one split ({single!r}): evaluating on a stratified held-out "
+                f"{len(eval_rows):,} of its {len(rows):,} rows (data.eval_holdout="
+                f"{dc.eval_holdout}) and training on the rest"
+            )
+        train_idx, validation_idx = data_lib.validation_indices(
+            train_rows.labels,
+            validation_size=_as_count_or_fraction(dc.validation_size),
+            seed=config.seed,
         )
-    splits = {"train": train, "validation": validation, "eval": evaluation}
-    for key, (name, split) in parse_extra_evals(dc.extra_evals).items():
-        raw = data_lib.load_raw(name, split=split, data_dir=dc.data_dir or None)
-        splits[key] = prepare(raw, f"{name}:{split}")
-    splits = {name: Split(name, ds, data_lib.to_numpy_columns(ds)) for name, ds in splits.items()}
-    return splits, full_sizes
+        full_sizes = {"train": len(train_idx), "eval": len(eval_rows)}
+        if dc.train_size and dc.train_size < len(train_idx):
+            train_idx = train_idx[
+                data_lib.stratified_indices(
+                    train_rows.labels[train_idx], size=dc.train_size, seed=config.seed
+                )
+            ]
+        eval_idx = np.arange(len(eval_rows))
+        if dc.eval_size and dc.eval_size < len(eval_rows):
+            # One sample for every training seed: seeds and loss variants are compared on the
+            # same examples.
+            eval_idx = data_lib.stratified_indices(
+                eval_rows.labels, size=dc.eval_size, seed=dc.eval_sample_seed
+            )
+        extra = {
+            key: screen(data_lib.load_raw(name, split=split, data_dir=dc.data_dir or None), key)
+            for key, (name, split) in parse_extra_evals(dc.extra_evals).items()
+        }
+    with timer.phase("tokenise"):
+        splits = {
+            "train": tokenize(train_rows.select(train_idx)),
+            "validation": tokenize(train_rows.select(validation_idx)),
+            "eval": tokenize(eval_rows.select(eval_idx)),
+        }
+        splits.update({key: tokenize(rows) for key, rows in extra.items()})
+        splits = {
+            name: Split(name, ds, data_lib.to_numpy_columns(ds)) for name, ds in splits.items()
+        }
+    return splits, full_sizes, notes
+
+
+def _single_split(names: list[str], dc: ml_collections.ConfigDict) -> str | None:
+    """The one split of a single-split data set when neither named split exists, else None."""
+    if len(names) == 1 and dc.train_split not in names and dc.eval_split not in names:
+        return names[0]
+    return None
 
 
 class BatchPlacer:
@@ -319,7 +376,12 @@ class Run:
     ckpts: Checkpoints
     writer: MetricsWriter
     fingerprint: dict[str, Any]
+    timer: PhaseTimer
+    notes: list[str]  # how the splits were made, for the final report
     best: float | None = None  # best validation score so far (restored on resume)
+    # (step, predictions) of the best validation in this process, so that the final phase need
+    # not score the validation split again; None after a resume until a new best is found.
+    best_validation: tuple[int, dict[str, np.ndarray]] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -355,13 +417,18 @@ def make_run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 
 def build_run(
-    config: ml_collections.ConfigDict, workdir: epath.Path, mesh: jax.sharding.Mesh
+    config: ml_collections.ConfigDict,
+    workdir: epath.Path,
+    mesh: jax.sharding.Mesh,
+    timer: PhaseTimer | None = None,
 ) -> Run:
     """Data, model, optimiser, compiled steps and checkpoints for a run over `mesh`."""
     tc = config.train
+    timer = timer or PhaseTimer()
     loss_fn = loss_from_config(config)
-    tokenizer = load_tokenizer(config.model.name)
-    splits, full_sizes = load_splits(config, tokenizer)
+    with timer.phase("load"):
+        tokenizer = load_tokenizer(config.model.name)
+    splits, full_sizes, notes = load_splits(config, tokenizer, timer)
     boundaries = data_lib.make_bucket_boundaries(
         config.data.max_length,
         num_buckets=config.data.num_buckets,
@@ -382,13 +449,14 @@ def build_run(
 
     # Built outside the mesh context: parameters carry logical axis names, which only become
     # mesh axes through the sharding rules when the state is placed (in build_steps).
-    model = SentimentClassifier.from_pretrained(
-        config.model.name,
-        pooling=config.model.pooling,
-        dropout_rate=config.model.dropout_rate,
-        dtype=jnp.dtype(config.model.dtype),
-        rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-    )
+    with timer.phase("load"):
+        model = SentimentClassifier.from_pretrained(
+            config.model.name,
+            pooling=config.model.pooling,
+            dropout_rate=config.model.dropout_rate,
+            dtype=jnp.dtype(config.model.dtype),
+            rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+        )
     tx, schedule = make_optimizer(config.optim, total_steps=total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
     rules = sharding.SHARDING_RULES[config.mesh.strategy]
@@ -421,6 +489,8 @@ def build_run(
         ),
         writer=MetricsWriter(workdir),
         fingerprint=resume_fingerprint(config),
+        timer=timer,
+        notes=notes,
     )
 
 
@@ -447,12 +517,14 @@ def resume(run: Run) -> int:
 def validate(run: Run, step: int) -> None:
     """Validation metrics at `step`, offered to the best-checkpoint manager."""
     tc = run.config.train
-    predictions = run.predict(run.splits["validation"])
-    values = evaluation.scalar_metrics(predictions["logits"], predictions["labels"])
+    with run.timer.phase("validate"):
+        predictions = run.predict(run.splits["validation"])
+        values = evaluation.scalar_metrics(predictions["logits"], predictions["labels"])
     run.writer.write(step, "validation", values)
     score = values[tc.best_metric]
     if run.best is None or (score > run.best if tc.best_mode == "max" else score < run.best):
         run.best = score
+        run.best_validation = (step, predictions)
     run.ckpts.save_best(step, run.state, run.checkpoint_meta(step), values)
     if run.is_main:
         shown = ", ".join(f"{k}={values[k]:.4f}" for k in ("accuracy", "f1", "nll", "ece"))
@@ -567,8 +639,13 @@ def evaluate_best(run: Run) -> FinalReports:
     Returns:
       ``{"eval": (results, predictions), "<name>:<split>": (results, predictions), ...}``.
     """
-    run.state, best_meta = run.ckpts.restore_best(run.state)
-    validation = run.predict(run.splits["validation"])
+    best_step = run.ckpts.best_step()
+    if best_step != run.total_steps:  # else the state in memory, the last step's, is the best
+        run.state, _ = run.ckpts.restore_best(run.state)
+    if run.best_validation is not None and run.best_validation[0] == best_step:
+        validation = run.best_validation[1]
+    else:  # a resumed run whose best checkpoint was chosen before the restart
+        validation = run.predict(run.splits["validation"])
     temperature = float(calibration.fit_temperature(validation["logits"], validation["labels"]))
     reports = {}
     extra = [key for key in run.splits if key not in ("train", "validation")]
@@ -580,10 +657,12 @@ def evaluate_best(run: Run) -> FinalReports:
             predictions["full_lengths"],
             temperature=temperature,
         )
-        results["best_step"] = int(best_meta["step"])
+        results["best_step"] = int(best_step)
         results["split"] = run.config.data.eval_split if key == "eval" else key
         reports[key] = (results, predictions)
-    reports["eval"][0]["notes"] = _describe_subsets(run.config, run.splits, run.full_sizes)
+    reports["eval"][0]["notes"] = run.notes + _describe_subsets(
+        run.config, run.splits, run.full_sizes
+    )
     return reports
 
 
@@ -629,6 +708,48 @@ def _scalars(results: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in results.items() if isinstance(v, (int, float))}
 
 
+def export_run(run: Run, results: dict[str, Any]) -> epath.Path | None:
+    """Exports the model a finished run holds (its best checkpoint) to ``workdir/export``.
+
+    Every process calls it (sharded parameters are gathered); process 0 writes.
+
+    Args:
+      run: the run, its state restored from the best checkpoint.
+      results: the final report; its ``temperature`` and ``best_step`` are recorded.
+
+    Returns:
+      The export folder on process 0, else None.
+    """
+    model = export.gathered_params(merge_model(run.steps, run.state))
+    if jax.process_index() != 0:
+        return None
+    config = run.config
+    temperature = results.get("temperature")
+    settings = export.InferenceSettings(
+        max_length=config.data.max_length,
+        clean_markup=config.data.clean_markup,
+        truncation=config.data.truncation,
+        head_fraction=config.data.head_fraction,
+        bucket_boundaries=tuple(int(b) for b in run.boundaries),
+        batch_size=config.train.eval_batch_size,
+        temperature=None if temperature is None else float(temperature),
+    )
+    run_info = {
+        "workdir": os.fspath(run.workdir),
+        "best_step": results.get("best_step"),
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    directory = export.write_export(
+        model,
+        epath.Path(run.workdir) / export.EXPORT_DIR,
+        tokenizer=load_tokenizer(config.model.name),
+        settings=settings,
+        run_info=run_info,
+    )
+    log.info("exported the best checkpoint to %s", directory)
+    return directory
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: epath.PathLike
 ) -> dict[str, Any]:
@@ -644,13 +765,23 @@ def train_and_evaluate(
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     mesh = make_run_mesh(config)
-    run = build_run(config, workdir, mesh)
-    with jax.set_mesh(mesh), StopSignals() as stop:
-        try:
-            train_steps(run, resume(run), stop)
-            results = write_final_outputs(run, evaluate_best(run))
-            export_run(run, results)  # the best checkpoint, as a folder others can load
-        finally:
-            run.ckpts.close()
-            run.writer.close()
+    with PhaseTimer() as timer:
+        run = build_run(config, workdir, mesh, timer)
+        with jax.set_mesh(mesh), StopSignals() as stop:
+            try:
+                with timer.phase("load"):
+                    start_step = resume(run)
+                with timer.phase("train"):
+                    train_steps(run, start_step, stop)
+                with timer.phase("evaluate"):
+                    results = write_final_outputs(run, evaluate_best(run))
+                with timer.phase("export"):
+                    export_run(run, results)  # the best checkpoint, as a folder others can load
+            finally:
+                run.ckpts.close()
+                run.writer.close()
+                log.info("%s", timer.summary())
+        results["phase_seconds"] = timer.as_dict()
+        if run.is_main:
+            (workdir / "timing.json").write_text(json.dumps(results["phase_seconds"], indent=2))
     return results
