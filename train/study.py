@@ -3,8 +3,10 @@
     python -m train.study --config configs/study/smoke.py --workdir runs/study_smoke
     python -m train.study --config configs/study/sst2.py --workdir runs/study_sst2 --report_only
 
-Finished runs are skipped and an interrupted one resumes from its checkpoint, so the same command
-continues a study after any stop. When every run is done (or with --report_only, from whatever is
+Every run's training config is checked before the first run trains (a bad field is reported in
+one line, with its variant; `--debug` for a traceback). Finished runs are skipped and an
+interrupted one resumes from its checkpoint, so the same command continues a study after any
+stop. When every run is done (or with --report_only, from whatever is
 done) it writes summary.json, summary.csv, report.md and PNG figures into --workdir.
 """
 
@@ -15,7 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from train.cli import setup_process
+from train.cli import run_cli, setup_process
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a study config in configs/study/.")
@@ -49,6 +51,18 @@ def _check_same_study(workdir, study: dict) -> None:
         path.write_text(json.dumps(study, indent=2) + "\n")
 
 
+def _check_runs(runs) -> None:
+    """Checks every run's training config, naming the run in the error."""
+    from jaxsent.training.config_check import ConfigError, check_config
+
+    for run in runs:
+        try:
+            check_config(run.config)
+        except ConfigError as err:
+            where = f"(study variant {run.variant!r}, seed {run.seed})"
+            raise ConfigError(err.field, err.value, f"{err.allowed} {where}") from err
+
+
 def main(argv):
     del argv
     setup_process()
@@ -56,13 +70,19 @@ def main(argv):
 
     from jaxsent.study import plan_study, run_study, summarize, write_report
     from jaxsent.study.runner import restore_archived
-    from jaxsent.training.loop import parse_extra_evals, train_and_evaluate
+    from jaxsent.training.config_check import parse_extra_evals
+    from jaxsent.training.loop import train_and_evaluate
     from jaxsent.training.preemption import TrainingInterrupted
 
     study = FLAGS.config
     workdir = epath.Path(FLAGS.workdir)
     study_dict = json.loads(study.to_json_best_effort())
-    runs = plan_study(study, workdir)
+    try:
+        runs = plan_study(study, workdir)
+    except (KeyError, TypeError) as err:  # an override of a field the training config lacks
+        raise ValueError(err.args[0] if err.args else str(err)) from err
+    if not FLAGS.report_only:
+        _check_runs(runs)  # before anything is written, here or in the archive
     archive = epath.Path(FLAGS.archive) if FLAGS.archive else None
     if archive is not None:
         _check_same_study(archive, study_dict)
@@ -95,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_cli(main)
