@@ -87,3 +87,39 @@ def test_nonfinite_gradients_are_skipped_and_counted():
     new_params, state = _one_update(bad, params)
     np.testing.assert_array_equal(new_params["kernel"], params["kernel"])
     assert int(state.notfinite_count) == 1 and int(state.total_notfinite) == 1
+
+
+def _first_moment_after_one_update(config, grads, params):
+    """Adam's first moment after one update: ``(1 - b1) * g``, g the gradient Adam received.
+
+    Adam's update itself is nearly blind to the gradient's scale (``m / sqrt(v)``), so clipping
+    shows in its moments, not in the parameters after one step.
+    """
+    tx, _ = make_optimizer(config, total_steps=10)
+    _, state = tx.update(grads, tx.init(params), params)
+    return optax.tree.get(state, "mu")
+
+
+def test_clipping_rescales_a_large_gradient_to_the_clip_norm_before_adam():
+    rng = np.random.default_rng(0)
+    params = {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}
+    grads = jax.tree.map(lambda p: jnp.asarray(100 * rng.normal(size=p.shape), p.dtype), params)
+    norm = float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads))))
+    clip, one_minus_b1 = 0.5, 1 - CONFIG["b1"]
+    assert norm > 100 * clip
+    mu = _first_moment_after_one_update(CONFIG | dict(grad_clip_norm=clip), grads, params)
+    # By hand (g * clip / |g|) and by optax's own transformation: the same gradient.
+    by_optax, _ = optax.clip_by_global_norm(clip).update(grads, optax.EmptyState())
+    for got, g, clipped in zip(*map(jax.tree.leaves, (mu, grads, by_optax)), strict=True):
+        np.testing.assert_allclose(got, one_minus_b1 * np.asarray(g) * clip / norm, rtol=1e-5)
+        np.testing.assert_allclose(got, one_minus_b1 * np.asarray(clipped), rtol=1e-6)
+    # Switched off (0), or a gradient already within the norm: Adam gets the gradient itself.
+    small = jax.tree.map(lambda g: g * (0.5 * clip / norm), grads)
+    clipped_at = CONFIG | dict(grad_clip_norm=clip)
+    for config, g in ((CONFIG | dict(grad_clip_norm=0.0), grads), (clipped_at, small)):
+        mu = _first_moment_after_one_update(config, g, params)
+        jax.tree.map(
+            lambda got, want: np.testing.assert_allclose(got, one_minus_b1 * want, rtol=1e-6),
+            mu,
+            g,
+        )

@@ -32,9 +32,11 @@ def _batch(batch=16, length=12, seed=0):
     }
 
 
-def _setup(mesh, *, loss_fn=None, seed=0, rules="dp", dropout_rate=0.1, **model_overrides):
+def _setup(
+    mesh, *, loss_fn=None, seed=0, rules="dp", dropout_rate=0.1, optim=OPTIM, **model_overrides
+):
     model = tiny_classifier(seed=seed, dropout_rate=dropout_rate, **model_overrides)
-    tx, _ = make_optimizer(OPTIM, total_steps=100)
+    tx, _ = make_optimizer(optim, total_steps=100)
     optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
     with jax.set_mesh(mesh):
         steps, state = build_steps(
@@ -173,6 +175,27 @@ def test_nonfinite_loss_skips_the_update_and_is_reported(one_device_mesh):
         state, metrics = steps.train_step(state, _place(_batch(), one_device_mesh))
         assert bool(metrics["finite"])
         assert int(nnx.to_pure_dict(state)[1]["opt_state"]["notfinite_count"]) == 0
+
+
+def test_the_step_hands_adam_the_clipped_gradient(one_device_mesh):
+    """After one step Adam's first moment is ``(1 - b1) * g`` for the gradient ``g`` it got
+    (tests/test_optim.py), so its norm is ``(1 - b1) * clip`` when the gradient's norm (the
+    step's ``grad_norm``, taken before clipping) is above ``clip``, and would be
+    ``(1 - b1) * grad_norm`` without clipping."""
+    clip = 1e-3
+    steps, state = _setup(one_device_mesh, optim=OPTIM | dict(grad_clip_norm=clip))
+    with jax.set_mesh(one_device_mesh):
+        state, metrics = steps.train_step(state, _place(_batch(), one_device_mesh))
+    assert float(metrics["grad_norm"]) > 100 * clip  # clipping must act
+    opt_state = nnx.to_pure_dict(state)[1]["opt_state"]
+    mu = [
+        np.asarray(x, np.float64)
+        for path, x in jax.tree_util.tree_leaves_with_path(opt_state)
+        if "'mu'" in jax.tree_util.keystr(path)
+    ]
+    assert len(mu) == len(jax.tree.leaves(_params(steps, state))) - 2  # all but the pooler's
+    mu_norm = np.sqrt(sum(np.sum(np.square(m)) for m in mu))
+    np.testing.assert_allclose(mu_norm, (1 - OPTIM["b1"]) * clip, rtol=1e-5)
 
 
 def test_eval_step_is_deterministic_and_matches_the_model(one_device_mesh):
