@@ -362,8 +362,8 @@ _FRACTION_OR_COUNT = _rule(
 #: Every field of configs/default.py and its rule (table order = check order).
 FIELDS: dict[str, Rule] = {
     "seed": _rule("int", _INT_GE0, lambda v: v >= 0),
+    "data.data_dir": _data_dir,  # before data.name, which is looked for in it
     "data.name": _data_name,
-    "data.data_dir": _data_dir,
     "data.text_column": _rule("str", "must be a column name or '' (the data set's own)"),
     "data.label_column": _rule("str", "must be a column name or '' (the data set's own)"),
     "data.train_split": _rule("str", "must be a split name", bool),
