@@ -42,6 +42,13 @@ def get_config() -> ml_collections.ConfigDict:
     model.pooling = "mean"  # 'cls' | 'mean' | 'cls_mean'
     model.dropout_rate = 0.1
     model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+    # Encoder layout: the same function and losses, other memory and compile time (docs/tpu.md).
+    # remat: what the backward pass recomputes: 'none' | 'full' (each layer from its input) |
+    # 'dots' (keeps the matmul outputs, recomputes attention scores and elementwise ops).
+    model.remat = "none"
+    # scan_layers: the layers as one scan over stacked parameters (one layer body to compile);
+    # checkpoints hold the stacked layout, exports stay per layer (Hugging Face).
+    model.scan_layers = False
 
     config.loss = loss = ml_collections.ConfigDict()
     # Plain BCE: in the loss study (docs/study.md) no seed term beat it, and the seed's focal loss

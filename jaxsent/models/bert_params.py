@@ -213,6 +213,8 @@ def export_tensors(model: bert.BertModel, *, prefix: str = "") -> dict[str, np.n
     Raises:
       CheckpointError: a parameter without an export rule.
     """
+    # A scan_layers encoder's stacked parameters are written per layer, as the format names them.
+    model = bert.unrolled(model)
     return checkpoint.export_tensors(model, key_map(model.config.model_type), prefix=prefix)
 
 

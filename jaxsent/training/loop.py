@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -28,12 +27,12 @@ from tqdm.auto import tqdm
 
 from jaxsent import calibration, evaluation, export, losses, reporting, sharding, storage
 from jaxsent import data as data_lib
-from jaxsent.models import SentimentClassifier, load_tokenizer
+from jaxsent.models import load_tokenizer
+from jaxsent.training.build import training_steps
 from jaxsent.training.checkpointing import Checkpoints
 from jaxsent.training.config_check import check_config, parse_extra_evals
-from jaxsent.training.optim import make_optimizer
 from jaxsent.training.preemption import StopSignals, TrainingInterrupted
-from jaxsent.training.steps import StepFunctions, build_steps, merge_model, trainable_filter
+from jaxsent.training.steps import StepFunctions, merge_model
 from jaxsent.training.timing import PhaseTimer
 from jaxsent.training.writers import MetricsWriter
 
@@ -52,6 +51,7 @@ RESUME_KEYS = (
     "data.head_fraction",
     "model.name",
     "model.pooling",
+    "model.scan_layers",  # stacked or per-layer parameters
     "train.global_batch_size",
     "mesh.strategy",
 )
@@ -425,7 +425,6 @@ def build_run(
     """Data, model, optimiser, compiled steps and checkpoints for a run over `mesh`."""
     tc = config.train
     timer = timer or PhaseTimer()
-    loss_fn = loss_from_config(config)
     with timer.phase("load"):
         tokenizer = load_tokenizer(config.model.name)
     splits, full_sizes, notes = load_splits(config, tokenizer, timer)
@@ -447,27 +446,9 @@ def build_run(
         total_steps,
     )
 
-    # Built outside the mesh context: parameters carry logical axis names, which only become
-    # mesh axes through the sharding rules when the state is placed (in build_steps).
+    # The model, optimiser and steps that `python -m train.plan` compiles for a TPU topology.
     with timer.phase("load"):
-        model = SentimentClassifier.from_pretrained(
-            config.model.name,
-            pooling=config.model.pooling,
-            dropout_rate=config.model.dropout_rate,
-            dtype=jnp.dtype(config.model.dtype),
-            rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
-        )
-    tx, schedule = make_optimizer(config.optim, total_steps=total_steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
-    rules = sharding.SHARDING_RULES[config.mesh.strategy]
-    with jax.set_mesh(mesh):
-        steps, state = build_steps(
-            model,
-            optimizer,
-            loss_fn=loss_fn,
-            dropout_key=jax.random.key(config.seed),
-            state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, rules),
-        )
+        steps, state, schedule = training_steps(config, mesh, total_steps=total_steps)
     return Run(
         config=config,
         workdir=workdir,

@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import optax
 
+from jaxsent.models.bert import STACKED_LAYERS
+
 SCHEDULES = ("linear", "cosine", "constant")
 
 
@@ -41,9 +43,16 @@ def weight_decay_mask(params: Any) -> Any:
     """True for matrices (kernels, embedding tables); False for biases and LayerNorm scales.
 
     This is the usual BERT rule (no decay on `bias` and `LayerNorm.weight`) stated on shapes,
-    so it needs no parameter names and holds for any module tree.
+    so it needs no parameter names and holds for any module tree. Under the encoder's
+    `scan_layers` layout the parameters below `STACKED_LAYERS` carry a leading layer axis, which
+    is not counted: both layouts decay the same parameters.
     """
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+    def decay(path, p) -> bool:
+        stacked = any(getattr(key, "key", None) == STACKED_LAYERS for key in path)
+        return p.ndim - stacked > 1
+
+    return jax.tree_util.tree_map_with_path(decay, params)
 
 
 def make_optimizer(

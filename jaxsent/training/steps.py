@@ -72,7 +72,7 @@ def _place_keys(tree: nnx.State, shardings: Any) -> nnx.State:
     return jax.tree.map(put, tree, shardings)
 
 
-def build_steps(
+def make_steps(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
     *,
@@ -81,32 +81,24 @@ def build_steps(
     state_shardings_fn: Callable[[nnx.State], Any] | None = None,
     donate: bool = True,
 ) -> tuple[StepFunctions, nnx.State]:
-    """Compile-ready train/eval steps and the initial state.
+    """The jitted train/eval steps and the state they take, placed nowhere.
+
+    Needs no arrays: `model` and `optimizer` may be abstract (from `nnx.eval_shape`), and then
+    the returned state and `StepFunctions.rng_state` hold `jax.ShapeDtypeStruct`s. With
+    `abstract_arguments` the steps lower and compile for any mesh, a TPU topology's included
+    (`python -m train.plan`). `build_steps` is this plus placing the concrete state.
 
     Args:
-      model: the classifier (`model(input_ids, attention_mask) -> logits [B]`).
-      optimizer: `nnx.Optimizer(model, tx, wrt=trainable_filter(model))`; gradients are
-        taken with respect to the same filter.
-      loss_fn: `loss_fn(logits, labels, lengths, *, where) -> scalar`, e.g. from
-        `jaxsent.losses.get_loss`.
-      dropout_key: base key for dropout; step `s` uses `fold_in(dropout_key, s)`.
-      state_shardings_fn: maps the state to a matching pytree of `NamedSharding` (e.g.
-        `partial(jaxsent.sharding.tree_shardings, mesh=mesh, rules=rules)`); the initial state is
-        placed by it and every step's output keeps that layout. None leaves placement to JAX.
-      donate: donate the input state buffers to the output state.
+      model, optimizer, loss_fn, dropout_key, state_shardings_fn, donate: as in `build_steps`.
 
     Returns:
-      The step functions and the (placed) initial state.
+      The step functions and the (unplaced) state.
     """
     model.eval()
     eval_graphdef, _, _ = split_train_state(model, optimizer)
     model.train()
     train_graphdef, rng_state, state = split_train_state(model, optimizer)
-    state_shardings = None
-    if state_shardings_fn is not None:
-        state_shardings = state_shardings_fn(state)
-        state = jax.device_put(state, state_shardings)
-        rng_state = _place_keys(rng_state, state_shardings_fn(rng_state))
+    state_shardings = None if state_shardings_fn is None else state_shardings_fn(state)
 
     # The RNG streams are passed as (undonated) arguments rather than closed over: NNX refuses to
     # reseed a Variable that was created outside the trace.
@@ -151,6 +143,61 @@ def build_steps(
         eval_step_fn=jax.jit(eval_step),
     )
     return steps, state
+
+
+def build_steps(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    *,
+    loss_fn: LossFn,
+    dropout_key: jax.Array,
+    state_shardings_fn: Callable[[nnx.State], Any] | None = None,
+    donate: bool = True,
+) -> tuple[StepFunctions, nnx.State]:
+    """Compile-ready train/eval steps and the initial state.
+
+    Args:
+      model: the classifier (`model(input_ids, attention_mask) -> logits [B]`).
+      optimizer: `nnx.Optimizer(model, tx, wrt=trainable_filter(model))`; gradients are
+        taken with respect to the same filter.
+      loss_fn: `loss_fn(logits, labels, lengths, *, where) -> scalar`, e.g. from
+        `jaxsent.losses.get_loss`.
+      dropout_key: base key for dropout; step `s` uses `fold_in(dropout_key, s)`.
+      state_shardings_fn: maps the state to a matching pytree of `NamedSharding` (e.g.
+        `partial(jaxsent.sharding.tree_shardings, mesh=mesh, rules=rules)`); the initial state is
+        placed by it and every step's output keeps that layout. None leaves placement to JAX.
+      donate: donate the input state buffers to the output state.
+
+    Returns:
+      The step functions and the (placed) initial state.
+    """
+    steps, state = make_steps(
+        model,
+        optimizer,
+        loss_fn=loss_fn,
+        dropout_key=dropout_key,
+        state_shardings_fn=state_shardings_fn,
+        donate=donate,
+    )
+    if state_shardings_fn is not None:
+        state = jax.device_put(state, state_shardings_fn(state))
+        rng_state = _place_keys(steps.rng_state, state_shardings_fn(steps.rng_state))
+        steps = dataclasses.replace(steps, rng_state=rng_state)
+    return steps, state
+
+
+def abstract_arguments(tree: Any, shardings: Any) -> Any:
+    """`tree` as `jax.ShapeDtypeStruct`s carrying `shardings` (a matching tree of shardings).
+
+    What `jax.jit(...).lower` takes to compile for a mesh without any array on its devices:
+    `abstract_arguments(state, state_shardings_fn(state))` for the state and the RNG state of
+    `make_steps`, or a batch of arrays or structs with the batch sharding.
+    """
+    return jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        tree,
+        shardings,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

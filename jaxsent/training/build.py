@@ -1,0 +1,152 @@
+"""A run's model, optimiser and jitted steps from its config, built in one place.
+
+The trainer (`jaxsent.training.loop.build_run`) builds them from the pretrained weights and
+places the state on its mesh; the planner (`python -m train.plan`) builds the same model,
+optimiser, loss, sharding rules and steps abstractly (`nnx.eval_shape`: shapes only, no weights,
+no data) and compiles them for a TPU topology. Both call :func:`training_steps`, so the planned
+program is the trained one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from jaxsent import losses, sharding
+from jaxsent.models import SentimentClassifier, bert, bert_params
+from jaxsent.models.architectures import ARCHITECTURES, architecture_config
+from jaxsent.training.optim import make_optimizer
+from jaxsent.training.steps import StepFunctions, build_steps, make_steps, trainable_filter
+
+__all__ = ["encoder_config", "build_model", "training_steps"]
+
+
+def _has_pooler(directory: str) -> bool:
+    """Whether the folder's weights have ``pooler.*`` tensors (read from the file header only).
+
+    `bert_params.build_encoder` gives the encoder a pooler exactly then.
+    """
+    path = os.path.join(directory, bert_params.SAFETENSORS)
+    if not os.path.isfile(path):
+        return True
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        return any(bert_params.canonical_hf_key(k).startswith("pooler.") for k in f.keys())
+
+
+def encoder_config(name: str) -> bert.BertConfig:
+    """The encoder architecture of ``config.model.name``, without reading any weights.
+
+    Args:
+      name: a named architecture (``jaxsent.models.architectures``, e.g. ``"bert-large"``), a
+        local folder or short name (its ``config.json``), or a hub id (only its ``config.json``
+        is fetched, or read from the hub cache).
+
+    Returns:
+      The config (with a pooler unless a local checkpoint's weights have none).
+    """
+    if name in ARCHITECTURES:
+        return bert.BertConfig.from_hf(architecture_config(name))
+    if os.path.isdir(name) or name in bert_params.SHORT_NAMES:
+        directory = bert_params.resolve(name)
+        path = os.path.join(directory, "config.json")
+    else:
+        import huggingface_hub
+
+        try:
+            path = huggingface_hub.hf_hub_download(name, "config.json")
+        except Exception as err:  # offline, unknown repo, network: one message
+            raise FileNotFoundError(
+                f"config.model.name={name!r} is neither a named architecture "
+                f"{sorted(ARCHITECTURES)}, a folder, a short name {sorted(bert_params.SHORT_NAMES)}"
+                f" nor a hub id whose config.json could be read: {type(err).__name__}: {err}"
+            ) from err
+        directory = os.path.dirname(path)
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    return bert.BertConfig.from_hf(raw, use_pooler=_has_pooler(directory))
+
+
+def build_model(config: ml_collections.ConfigDict, *, pretrained: bool = True):
+    """The classifier that ``config.model`` describes, in the encoder layout it asks for.
+
+    Args:
+      config: a run config (``configs/default.py``).
+      pretrained: load ``config.model.name``'s weights; False initialises the architecture
+        (:func:`encoder_config`) at random: call it under ``nnx.eval_shape`` for shapes alone.
+
+    Returns:
+      The `SentimentClassifier` (eval mode), with ``model.remat`` and ``model.scan_layers``
+      applied to its encoder.
+    """
+    mc = config.model
+    kwargs = dict(
+        pooling=mc.pooling,
+        dropout_rate=mc.dropout_rate,
+        dtype=jnp.dtype(mc.dtype),
+        rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+    )
+    if pretrained:
+        model = SentimentClassifier.from_pretrained(mc.name, **kwargs)
+    else:
+        model = SentimentClassifier(encoder_config(mc.name), **kwargs)
+    # Checkpoints load per layer (the Hugging Face layout); the layout changes here, at the edge.
+    model.encoder.encoder.set_layout(remat=mc.remat, scan_layers=mc.scan_layers)
+    return model
+
+
+def _model_and_optimizer(config, tx: optax.GradientTransformation, *, pretrained: bool):
+    model = build_model(config, pretrained=pretrained)
+    return model, nnx.Optimizer(model, tx, wrt=trainable_filter(model))
+
+
+def training_steps(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    *,
+    total_steps: int,
+    abstract: bool = False,
+) -> tuple[StepFunctions, nnx.State, optax.Schedule]:
+    """The run's jitted train and eval steps, their state and the learning-rate schedule.
+
+    Args:
+      config: a run config.
+      mesh: the run's ('data', 'model') mesh; ``config.mesh.strategy`` names the rules that
+        place the state on it.
+      total_steps: the schedule's length.
+      abstract: build from the architecture alone, under ``nnx.eval_shape``: the state holds
+        `jax.ShapeDtypeStruct`s and is not placed (see `jaxsent.training.steps.make_steps`).
+        Else load the pretrained weights and place the state on ``mesh``.
+
+    Returns:
+      ``(steps, state, schedule)``.
+    """
+    tx, schedule = make_optimizer(config.optim, total_steps=total_steps)
+    kwargs: dict[str, Any] = dict(
+        loss_fn=losses.loss_from_fields(config.loss),
+        dropout_key=jax.random.key(config.seed),
+        state_shardings_fn=functools.partial(
+            sharding.tree_shardings, mesh=mesh, rules=config.mesh.strategy
+        ),
+    )
+    if abstract:
+        model, optimizer = nnx.eval_shape(
+            lambda: _model_and_optimizer(config, tx, pretrained=False)
+        )
+        steps, state = make_steps(model, optimizer, **kwargs)
+    else:
+        # Built outside the mesh context: parameters carry logical axis names, which only become
+        # mesh axes through the sharding rules when the state is placed (in build_steps).
+        model, optimizer = _model_and_optimizer(config, tx, pretrained=True)
+        with jax.set_mesh(mesh):
+            steps, state = build_steps(model, optimizer, **kwargs)
+    return steps, state, schedule
