@@ -350,11 +350,17 @@ def _bin_sums(confidence, outcome, valid, num_bins):
     edges = jnp.asarray(reliability_bin_edges(num_bins), dtype=confidence.dtype)
     # side="left" puts a value equal to an edge in the bin below it: bins are (lo, hi].
     index = jnp.clip(jnp.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
-    # One-hot sums rather than a scatter-add: deterministic on every backend.
-    member = (index[:, None] == jnp.arange(num_bins)[None, :]) & valid[:, None]
-    count = jnp.sum(member, axis=0, dtype=jnp.int32)
-    conf_sum = jnp.sum(jnp.where(member, confidence[:, None], 0), axis=0)
-    outcome_sum = jnp.sum(jnp.where(member, outcome[:, None], 0), axis=0)
+    # Segment sums, O(N) rather than a one-hot [N, bins] matrix (bench/bench_ece_bins.py). A
+    # masked row gets the out-of-range segment `num_bins`, which segment_sum drops. The float
+    # sums may differ in the last bits between backends (scatter-add order); counts are exact.
+    index = jnp.where(valid, index, num_bins)
+
+    def bin_sum(values):
+        return jax.ops.segment_sum(values, index, num_segments=num_bins)
+
+    count = bin_sum(valid.astype(jnp.int32))
+    conf_sum = bin_sum(jnp.where(valid, confidence, 0))
+    outcome_sum = bin_sum(jnp.where(valid, outcome, 0).astype(confidence.dtype))
     return count, conf_sum, outcome_sum, edges
 
 

@@ -23,12 +23,12 @@ from scipy.special import expit
 from sklearn import metrics as skm
 
 from jaxsent import metrics as M
+from jaxsent.evaluation import _jit_metrics as jit_metrics  # the jitted metrics the loop runs
 
 EPS32 = float(np.finfo(np.float32).eps)
 KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "nll", "brier", "ece", "n_examples")
 # A few fixed sizes keep the number of jit compilations (one per shape) small.
 SIZES = (1, 2, 3, 5, 8, 17, 48)
-jit_metrics = jax.jit(M.binary_classification_metrics, static_argnames="num_bins")
 
 
 # ---------------------------------------------------------------- references
