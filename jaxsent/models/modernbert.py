@@ -1,0 +1,529 @@
+"""ModernBERT encoder in Flax NNX, numerically matching transformers' ``ModernBertModel`` (5.x).
+
+The layout follows HF's (Warner et al. 2024, "Smarter, Better, Faster, Longer"): token
+embeddings then a LayerNorm, no position table and no token types; pre-norm blocks (the first
+block's attention norm is the identity) with a fused ``Wqkv`` projection, rotary position
+embeddings, and a GeGLU MLP (``Wi`` to 2 x intermediate, ``act(input) * gate``, ``Wo``);
+a final LayerNorm. Biases follow ``attention_bias`` / ``mlp_bias`` / ``norm_bias`` (all off in
+the published checkpoints). ``layer_types`` makes each block global (``full_attention``,
+rotary base ``global_rope_theta``) or local (``sliding_attention``, base ``local_rope_theta``),
+where a token attends to keys within ``local_attention // 2`` positions on either side:
+``abs(q - k) <= local_attention // 2``, as transformers' bidirectional sliding-window mask.
+
+Parameters are float32 with the same logical axis names as :mod:`jaxsent.models.bert`
+(``vocab``, ``embed``, ``heads``, ``kv``, ``mlp``, ``norm``), so the rules of
+``jaxsent.sharding`` shard it. ``Wqkv`` is stored as ``[H, 3, heads, head_dim]`` and ``Wi`` as
+``[H, 2, intermediate]``, so tensor parallelism splits heads and the MLP hidden layer without
+splitting the fused halves apart. The module imports nothing of the checkpoint layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxsent.models.bert import SUPPORTED_ACTIVATIONS, Dropout
+
+__all__ = [
+    "LAYER_TYPES",
+    "ModernBertConfig",
+    "ModernBertModel",
+    "ModernBertOutput",
+    "REMAT_OPTIONS",
+    "rotary_cos_sin",
+]
+
+GLOBAL, LOCAL = "full_attention", "sliding_attention"
+LAYER_TYPES = (GLOBAL, LOCAL)
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
+REMAT_OPTIONS = ("none", "full")
+
+
+def default_layer_types(num_layers: int, every: int = 3) -> tuple[str, ...]:
+    """transformers' default pattern: layer ``i`` is global when ``i % every == 0``."""
+    return tuple(LOCAL if i % every else GLOBAL for i in range(num_layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModernBertConfig:
+    """Architecture of a ModernBERT encoder (the fields of HF ``ModernBertConfig`` that shape it).
+
+    Defaults are HF's (ModernBERT-base). ``layer_types=None`` means the default pattern (every
+    third layer global, from layer 0). Token ids other than ``pad_token_id`` are recorded for
+    export only.
+
+    Attributes:
+      vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads: shapes.
+      hidden_activation: the GeGLU activation, a key of ``SUPPORTED_ACTIVATIONS``.
+      max_position_embeddings: recorded (rotary embeddings have no table; like HF, longer
+        inputs are not refused).
+      initializer_range, initializer_cutoff_factor: truncated-normal init (random init only).
+      norm_eps, norm_bias: LayerNorm epsilon and whether LayerNorms have a bias.
+      attention_bias, mlp_bias: whether ``Wqkv``/``Wo`` and ``Wi``/``Wo`` have biases.
+      attention_dropout: on attention probabilities and on the attention output.
+      embedding_dropout: after the embedding norm. mlp_dropout: on ``act(input) * gate``.
+      local_attention: the local window in total (keys within ``local_attention // 2``).
+      layer_types: one of :data:`LAYER_TYPES` per layer.
+      global_rope_theta, local_rope_theta: rotary bases of global and local layers.
+    """
+
+    model_type: ClassVar[str] = "modernbert"
+    use_pooler: ClassVar[bool] = False  # no pooler: pooling="cls" reads the first token's state
+
+    vocab_size: int = 50368
+    hidden_size: int = 768
+    intermediate_size: int = 1152
+    num_hidden_layers: int = 22
+    num_attention_heads: int = 12
+    hidden_activation: str = "gelu"
+    max_position_embeddings: int = 8192
+    initializer_range: float = 0.02
+    initializer_cutoff_factor: float = 2.0
+    norm_eps: float = 1e-5
+    norm_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    attention_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    mlp_dropout: float = 0.0
+    local_attention: int = 128
+    layer_types: tuple[str, ...] | None = None
+    global_rope_theta: float = 160_000.0
+    local_rope_theta: float = 10_000.0
+    pad_token_id: int = 50283
+    bos_token_id: int = 50281
+    eos_token_id: int = 50282
+    cls_token_id: int = 50281
+    sep_token_id: int = 50282
+
+    def __post_init__(self):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "local_attention",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ModernBertConfig.{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"ModernBertConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"ModernBertConfig head_dim={self.head_dim} must be even for rotary embeddings"
+            )
+        if self.hidden_activation not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"ModernBertConfig.hidden_activation={self.hidden_activation!r} is not "
+                f"supported; expected one of {sorted(SUPPORTED_ACTIVATIONS)}"
+            )
+        for name in ("attention_dropout", "embedding_dropout", "mlp_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"ModernBertConfig.{name} must be in [0, 1), got {value!r}")
+        for name in ("norm_eps", "global_rope_theta", "local_rope_theta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(
+                    f"ModernBertConfig.{name} must be > 0, got {getattr(self, name)!r}"
+                )
+        if self.layer_types is None:
+            object.__setattr__(self, "layer_types", default_layer_types(self.num_hidden_layers))
+        else:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        bad = sorted({t for t in self.layer_types if t not in LAYER_TYPES})
+        if bad or len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"ModernBertConfig.layer_types={list(self.layer_types)!r} must hold "
+                f"num_hidden_layers={self.num_hidden_layers} entries of {LAYER_TYPES}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def window(self) -> int:
+        """Keys a local layer's token attends to on each side (``local_attention // 2``)."""
+        return self.local_attention // 2
+
+    @property
+    def max_length(self) -> int:
+        """The position budget the checkpoint was trained for (not enforced)."""
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_hf(cls, hf_config: Any, **overrides: Any) -> ModernBertConfig:
+        """Maps a ``transformers`` ``ModernBertConfig`` (or its ``config.json`` dict).
+
+        Reads both spellings of the published files: transformers 5's ``layer_types`` and
+        ``rope_parameters``, and the earlier ``global_attn_every_n_layers``,
+        ``global_rope_theta`` and ``local_rope_theta``.
+
+        Raises:
+          ValueError: another model type, a rotary scaling this encoder does not implement,
+            or an unknown override.
+        """
+        raw = dict(hf_config) if isinstance(hf_config, Mapping) else hf_config.to_dict()
+        if raw.get("model_type") != cls.model_type:
+            raise ValueError(
+                f"config.json model_type={raw.get('model_type')!r} is not a ModernBERT "
+                "checkpoint; jaxsent.models.modernbert loads model_type='modernbert' only"
+            )
+        if raw.get("rope_scaling"):
+            raise ValueError(f"config.json rope_scaling={raw['rope_scaling']!r} is not supported")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: raw[k] for k in fields if k in raw and raw[k] is not None}
+        if raw.get("layer_types") is None:
+            every = int(raw.get("global_attn_every_n_layers") or 3)
+            layers = int(raw.get("num_hidden_layers", cls.num_hidden_layers))
+            kwargs["layer_types"] = default_layer_types(layers, every)
+        rope = raw.get("rope_parameters") or {}
+        for layer_type, field in ((GLOBAL, "global_rope_theta"), (LOCAL, "local_rope_theta")):
+            params = rope.get(layer_type) or {}
+            if params.get("rope_type", "default") != "default":
+                raise ValueError(
+                    f"config.json rope_parameters[{layer_type!r}]={params!r}: only rope_type "
+                    "'default' is supported"
+                )
+            if params.get("rope_theta") is not None:
+                kwargs[field] = float(params["rope_theta"])
+        unknown = set(overrides) - fields
+        if unknown:
+            raise ValueError(f"unknown ModernBertConfig override(s): {sorted(unknown)}")
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A ``config.json`` dict that ``transformers.ModernBertConfig`` reads back."""
+        out = dataclasses.asdict(self)
+        out["layer_types"] = list(self.layer_types)
+        out.update(
+            architectures=["ModernBertModel"],
+            model_type=self.model_type,
+            rope_parameters={
+                GLOBAL: {"rope_type": "default", "rope_theta": self.global_rope_theta},
+                LOCAL: {"rope_type": "default", "rope_theta": self.local_rope_theta},
+            },
+        )
+        return out
+
+
+class ModernBertOutput(NamedTuple):
+    """Encoder outputs: ``last_hidden_state`` [B, L, H]; ``pooler_output`` is always None."""
+
+    last_hidden_state: jax.Array
+    pooler_output: jax.Array | None = None
+
+
+def rotary_cos_sin(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """``cos``, ``sin`` [L, head_dim] float32 of positions ``0..L-1``, as HF's default rope.
+
+    The inverse frequencies are computed in float32 as transformers does
+    (``1 / theta ** (arange(0, d, 2) / d)``), then duplicated across the two halves.
+    """
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    inv_freq = np.float32(1.0) / (np.float32(theta) ** exponent)
+    freqs = jnp.arange(length, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq)[None]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates ``x`` [B, L, heads, head_dim] in float32 (``x cos + rotate_half(x) sin``)."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def _meta(*axes: str | None) -> dict[str, Any]:
+    return {"out_sharding": tuple(axes), "eager_sharding": False}
+
+
+def _truncated_normal(config: ModernBertConfig, std: float):
+    cutoff = config.initializer_cutoff_factor
+    return nnx.initializers.truncated_normal(stddev=std, lower=-cutoff, upper=cutoff)
+
+
+def _layer_norm(config: ModernBertConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        config.hidden_size,
+        epsilon=config.norm_eps,
+        use_bias=config.norm_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,  # mean((x - mu)^2), as torch's LayerNorm
+        scale_metadata=_meta("norm"),
+        bias_metadata=_meta("norm"),
+        rngs=rngs,
+    )
+
+
+def _dense(in_features, out_features, in_axes, out_axes, *, bias, std, config, dtype, rngs,
+           axis=-1):  # fmt: skip
+    return nnx.LinearGeneral(
+        in_features,
+        out_features,
+        axis=axis,
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_truncated_normal(config, std),
+        bias_init=nnx.initializers.zeros_init(),
+        kernel_metadata=_meta(*in_axes, *out_axes),
+        bias_metadata=_meta(*out_axes),
+        rngs=rngs,
+    )
+
+
+class ModernBertEmbeddings(nnx.Module):
+    """Token embeddings, LayerNorm, dropout (no positions, no token types)."""
+
+    def __init__(self, config: ModernBertConfig, *, dtype, rngs: nnx.Rngs):
+        self.tok_embeddings = nnx.Embed(
+            config.vocab_size,
+            config.hidden_size,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            embedding_init=_truncated_normal(config, config.initializer_range),
+            embedding_metadata=_meta("vocab", "embed"),
+            rngs=rngs,
+        )
+        self.norm = _layer_norm(config, dtype, rngs)
+        self.dropout = Dropout(config.embedding_dropout, deterministic=True)
+
+    def __call__(self, input_ids, *, deterministic=None, rngs=None):
+        x = self.norm(self.tok_embeddings(input_ids))
+        return self.dropout(x, deterministic=deterministic, rngs=rngs)
+
+
+class ModernBertAttention(nnx.Module):
+    """Self-attention with a fused ``Wqkv`` [H, 3, heads, head_dim] and rotary q, k."""
+
+    def __init__(self, config: ModernBertConfig, *, dtype, attention_impl=None, rngs: nnx.Rngs):
+        heads, head_dim, hidden = config.num_attention_heads, config.head_dim, config.hidden_size
+        common = dict(bias=config.attention_bias, config=config, dtype=dtype, rngs=rngs)
+        out_std = config.initializer_range / np.sqrt(2.0 * config.num_hidden_layers)
+        self.Wqkv = _dense(
+            hidden,
+            (3, heads, head_dim),
+            ("embed",),
+            (None, "heads", "kv"),
+            std=config.initializer_range,
+            **common,
+        )
+        self.Wo = _dense(
+            (heads, head_dim), hidden, ("heads", "kv"), ("embed",), std=out_std, axis=(-2, -1),
+            **common,
+        )  # fmt: skip
+        self.attention_impl = attention_impl
+        self.window = config.window
+        self.dropout = Dropout(config.attention_dropout, deterministic=True)
+        self.out_dropout = Dropout(config.attention_dropout, deterministic=True)
+
+    def __call__(self, x, mask, cos, sin, *, local, deterministic=None, rngs=None):
+        """Args: x [B, L, H]; mask [B, 1, L, L] bool (True = may attend); cos, sin [L, d].
+
+        ``local`` is used only by the cuDNN path, which takes the window as bounds.
+        """
+        qkv = self.Wqkv(x)  # [B, L, 3, heads, head_dim]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout_on = self.dropout.rate > 0 and not (
+            self.dropout.deterministic if deterministic is None else deterministic
+        )
+        if dropout_on or self.attention_impl == "einsum":
+            # jax.nn.dot_product_attention has no dropout on the probabilities.
+            scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+            probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
+            context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        elif self.attention_impl == "cudnn":
+            # cuDNN takes padding as lengths (right padding only) and the window as bounds.
+            lengths = jnp.sum(mask[:, 0, 0], axis=-1, dtype=jnp.int32)
+            context = jax.nn.dot_product_attention(
+                q,
+                k,
+                v,
+                key_value_seq_lengths=lengths,
+                local_window_size=(self.window, self.window) if local else None,
+                implementation="cudnn",
+            )
+        else:
+            context = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, implementation=self.attention_impl
+            )
+        return self.out_dropout(self.Wo(context), deterministic=deterministic, rngs=rngs)
+
+
+class ModernBertMLP(nnx.Module):
+    """GeGLU: ``Wo(dropout(act(input) * gate))`` with ``input, gate = Wi(x)``."""
+
+    def __init__(self, config: ModernBertConfig, *, dtype, rngs: nnx.Rngs):
+        hidden, inter = config.hidden_size, config.intermediate_size
+        common = dict(bias=config.mlp_bias, config=config, dtype=dtype, rngs=rngs)
+        out_std = config.initializer_range / np.sqrt(2.0 * config.num_hidden_layers)
+        self.Wi = _dense(
+            hidden, (2, inter), ("embed",), (None, "mlp"), std=config.initializer_range, **common
+        )
+        self.Wo = _dense(inter, hidden, ("mlp",), ("embed",), std=out_std, **common)
+        self.activation = SUPPORTED_ACTIVATIONS[config.hidden_activation]
+        self.dropout = Dropout(config.mlp_dropout, deterministic=True)
+
+    def __call__(self, x, *, deterministic=None, rngs=None):
+        h = self.Wi(x)  # [B, L, 2, I]
+        h = self.activation(h[:, :, 0]) * h[:, :, 1]
+        return self.Wo(self.dropout(h, deterministic=deterministic, rngs=rngs))
+
+
+class ModernBertLayer(nnx.Module):
+    """Pre-norm block: ``x + attn(norm(x))``, then ``h + mlp(norm(h))``."""
+
+    def __init__(
+        self, config: ModernBertConfig, index: int, *, dtype, attention_impl=None, rngs: nnx.Rngs
+    ):
+        # The first block reads the embedding norm's output directly (HF: nn.Identity).
+        self.attn_norm = _layer_norm(config, dtype, rngs) if index > 0 else None
+        self.attn = ModernBertAttention(
+            config, dtype=dtype, attention_impl=attention_impl, rngs=rngs
+        )
+        self.mlp_norm = _layer_norm(config, dtype, rngs)
+        self.mlp = ModernBertMLP(config, dtype=dtype, rngs=rngs)
+        self.local = config.layer_types[index] == LOCAL
+
+    def __call__(self, x, mask, cos, sin, *, deterministic=None, rngs=None):
+        kw = {"deterministic": deterministic, "rngs": rngs}
+        h = x if self.attn_norm is None else self.attn_norm(x)
+        x = x + self.attn(h, mask, cos, sin, local=self.local, **kw)
+        return x + self.mlp(self.mlp_norm(x), **kw)
+
+
+class ModernBertModel(nnx.Module):
+    """ModernBERT encoder: embeddings, pre-norm blocks, final LayerNorm.
+
+    Args:
+      config: the architecture.
+      dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32,
+        rotary embeddings are applied in float32 (as HF).
+      attention_impl: as in :class:`jaxsent.models.bert.BertModel`: ``None``/``"xla"`` is
+        ``jax.nn.dot_product_attention`` with a boolean mask that combines padding and the
+        local window; ``"einsum"`` the explicit form (always used while attention dropout is
+        on); ``"cudnn"`` the fused GPU kernel (right padding only; untested here, no GPU).
+      remat: ``"none"`` or ``"full"`` (recompute each block in the backward pass, saving its
+        activations' memory).
+      scan_layers: not implemented for ModernBERT (its blocks differ: the first has no
+        attention norm, local and global blocks alternate); ``True`` raises.
+      rngs: parameter initialisation keys. Dropout keys are passed at call time.
+    """
+
+    def __init__(
+        self,
+        config: ModernBertConfig,
+        *,
+        dtype=jnp.float32,
+        attention_impl: str | None = None,
+        remat: str = "none",
+        scan_layers: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        if attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention_impl={attention_impl!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
+            )
+        if remat not in REMAT_OPTIONS:
+            raise ValueError(f"remat={remat!r}; expected one of {REMAT_OPTIONS}")
+        if scan_layers:
+            raise NotImplementedError(
+                "scan_layers=True is not implemented for ModernBERT (its blocks are not "
+                "identical: the first has no attention norm; local and global ones alternate)"
+            )
+        self.config = config
+        self.dtype = dtype
+        self.remat = remat
+        self.embeddings = ModernBertEmbeddings(config, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List(
+            [
+                ModernBertLayer(config, i, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+                for i in range(config.num_hidden_layers)
+            ]
+        )
+        self.final_norm = _layer_norm(config, dtype, rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        *,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
+    ) -> ModernBertOutput:
+        """Encodes a batch.
+
+        Args:
+          input_ids: [B, L] int token ids.
+          attention_mask: [B, L], nonzero/True on real tokens; ``None`` means no padding.
+          token_type_ids: must be ``None`` (ModernBERT has no token types); accepted so that
+            every encoder family takes the same call.
+          deterministic, rngs: as in :class:`jaxsent.models.bert.BertModel`.
+
+        Returns:
+          :class:`ModernBertOutput`; hidden states at padded positions are meaningless.
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {attention_mask.shape} does not match input_ids shape "
+                f"{input_ids.shape}"
+            )
+        if token_type_ids is not None:
+            raise ValueError("token_type_ids must be None: ModernBERT has no token types")
+        config = self.config
+        has_dropout = max(config.attention_dropout, config.embedding_dropout, config.mlp_dropout)
+        dropout_on = has_dropout > 0 and not (
+            self.embeddings.dropout.deterministic if deterministic is None else deterministic
+        )
+        if dropout_on and rngs is None:
+            raise ValueError(
+                "dropout is enabled (train mode or deterministic=False) but no rngs were given; "
+                "pass rngs=nnx.Rngs(dropout=...) or call model.eval()"
+            )
+        length = input_ids.shape[1]
+        real = jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask != 0
+        global_mask = real[:, None, None, :]  # [B, 1, 1, L]: padded keys are never attended
+        pos = np.arange(length)
+        window = np.abs(pos[:, None] - pos[None, :]) <= config.window  # a static [L, L]
+        local_mask = global_mask & jnp.asarray(window)[None, None]
+        ropes = {
+            GLOBAL: rotary_cos_sin(length, config.head_dim, config.global_rope_theta),
+            LOCAL: rotary_cos_sin(length, config.head_dim, config.local_rope_theta),
+        }
+
+        def block(layer, x, mask, cos, sin, rngs):
+            return layer(x, mask, cos, sin, deterministic=deterministic, rngs=rngs)
+
+        if self.remat == "full":
+            block = nnx.remat(block)
+        x = self.embeddings(input_ids, deterministic=deterministic, rngs=rngs)
+        for layer in self.layers:
+            mask, (cos, sin) = (local_mask, ropes[LOCAL]) if layer.local else (
+                global_mask, ropes[GLOBAL]
+            )  # fmt: skip
+            x = block(layer, x, mask, cos, sin, rngs)
+        return ModernBertOutput(last_hidden_state=self.final_norm(x))

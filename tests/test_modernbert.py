@@ -1,0 +1,352 @@
+"""ModernBERT encoder: parity with transformers' PyTorch ModernBertModel, import, export.
+
+The oracle is HF's PyTorch implementation (torch CPU, tests only) with full float32 matmuls on
+both sides, so what is left is float32 summation order: ~1e-6 measured here, under the issue's
+1e-4. The batches are padded, the local window (``local_attention=6``: 3 keys on each side) is
+shorter than the sequences (17 tokens), and local and global layers are mixed, so an
+off-by-one in the window, a wrong rotary base per layer type or a padding leak changes real
+tokens' states by far more than 1e-4.
+"""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from jaxsent.models import checkpoint, from_pretrained, modernbert, modernbert_params
+
+TOL = 1e-4
+LENGTH = 17
+
+# Odd sizes: nothing is a power of two or equal to another dimension; head_dim 18 (even, for
+# the rotary halves).
+TINY = dict(
+    vocab_size=307,
+    hidden_size=54,
+    intermediate_size=70,
+    num_hidden_layers=4,
+    num_attention_heads=3,
+    max_position_embeddings=64,
+    local_attention=6,
+    pad_token_id=5,
+    bos_token_id=1,
+    eos_token_id=2,
+    cls_token_id=1,
+    sep_token_id=2,
+    norm_eps=1e-6,
+    # Bases far apart and not the defaults, so swapping them is visible.
+    rope_parameters={
+        "full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 37.0},
+    },
+)
+VARIANTS = {
+    # transformers' default pattern (every third layer global) with the published no-bias layout.
+    "default": {},
+    # Another pattern (the first layer local) with every bias on.
+    "biases": dict(
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        attention_bias=True,
+        mlp_bias=True,
+        norm_bias=True,
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def _full_precision():
+    with jax.default_matmul_precision("float32"):
+        yield
+
+
+def _hf_model(variant: str, attn="eager", seed=0):
+    config = transformers.ModernBertConfig(**TINY, **VARIANTS[variant])
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = transformers.ModernBertModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if "norm.weight" in name else 0.0, 0.2)
+    return model.eval()
+
+
+def _batch(batch=3, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(6, TINY["vocab_size"], (batch, LENGTH)).astype(np.int32)
+    lengths = np.array([LENGTH, 11, 2, 8][:batch])
+    mask = (np.arange(LENGTH)[None] < lengths[:, None]).astype(np.int32)
+    return np.where(mask == 1, ids, TINY["pad_token_id"]).astype(np.int32), mask
+
+
+def _max_diff_on_real(ours, ref, mask):
+    diff = np.abs(np.asarray(ours, np.float32) - ref.detach().numpy())
+    return diff[mask.astype(bool)].max()
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def tiny(request, tmp_path_factory):
+    hf = _hf_model(request.param)
+    directory = tmp_path_factory.mktemp(f"modernbert_{request.param}")
+    hf.save_pretrained(directory)
+    return str(directory), hf, from_pretrained(directory)
+
+
+def _forward(model, ids, mask, **kw):
+    return model(jnp.asarray(ids), attention_mask=jnp.asarray(mask), deterministic=True, **kw)
+
+
+def test_config_read_from_the_checkpoint(tiny):
+    _, hf, ours = tiny
+    assert isinstance(ours, modernbert.ModernBertModel)
+    assert ours.config.layer_types == tuple(hf.config.layer_types)
+    assert (ours.config.global_rope_theta, ours.config.local_rope_theta) == (1000.0, 37.0)
+    assert ours.config.window == 3
+    assert ours.layers[0].attn_norm is None and ours.layers[1].attn_norm is not None
+
+
+def test_parity_per_submodule_on_a_padded_batch(tiny):
+    _, hf, ours = tiny
+    ids, mask = _batch()
+    t_ids, t_mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
+    with torch.no_grad():
+        hf_emb = hf.embeddings(input_ids=t_ids)
+        ref = hf(t_ids, attention_mask=t_mask).last_hidden_state
+    emb = ours.embeddings(jnp.asarray(ids), deterministic=True)
+    assert _max_diff_on_real(emb, hf_emb, mask) <= TOL
+    diff = _max_diff_on_real(_forward(ours, ids, mask).last_hidden_state, ref, mask)
+    assert diff <= TOL, f"full encoder: max abs diff {diff:.3g}"
+
+
+def test_parity_with_sdpa_and_with_explicit_attention(tiny):
+    """transformers' default attention (sdpa) and our einsum path give the same states."""
+    directory, _, _ = tiny
+    variant = "biases" if "biases" in directory else "default"
+    hf = _hf_model(variant, attn="sdpa")
+    ours = modernbert_params.load_encoder(directory, attention_impl="einsum")
+    ids, mask = _batch(seed=1)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
+    diff = _max_diff_on_real(_forward(ours, ids, mask).last_hidden_state, ref[0], mask)
+    assert diff <= TOL, diff
+
+
+def test_window_edge_is_inclusive():
+    """In one local layer, a key exactly local_attention // 2 away on either side changes a
+    token's state and one further away does not (HF's ``abs(q - kv) <= window``)."""
+    fields = {k: v for k, v in TINY.items() if k != "rope_parameters"}
+    config = modernbert.ModernBertConfig(
+        **{**fields, "num_hidden_layers": 1}, layer_types=["sliding_attention"]
+    )
+    model = modernbert.ModernBertModel(config, rngs=nnx.Rngs(0))
+    ids = jnp.asarray(_batch(batch=1)[0])
+    base = np.asarray(model(ids).last_hidden_state)[0, 10]
+    for pos, seen in ((7, True), (13, True), (6, False), (14, False)):
+        out = np.asarray(model(ids.at[0, pos].set(7)).last_hidden_state)[0, 10]
+        change = np.abs(out - base).max()
+        assert (change > 1e-4) if seen else (change == 0.0), (pos, change)
+
+
+def test_no_mask_means_no_padding(tiny):
+    _, hf, ours = tiny
+    ids, _ = _batch(batch=2, seed=2)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids, dtype=torch.long)).last_hidden_state.numpy()
+    np.testing.assert_allclose(ours(jnp.asarray(ids)).last_hidden_state, ref, atol=TOL, rtol=0)
+
+
+def _train_loss_torch(hf, ids, mask, labels, w, b):
+    out = hf(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))[0]
+    m = torch.tensor(mask, dtype=torch.float32)[..., None]
+    pooled = (out * m).sum(1) / m.sum(1)
+    logits = pooled @ torch.tensor(w) + torch.tensor(b)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(labels))
+
+
+def _train_loss_jax(model, ids, mask, labels, w, b):
+    out = model(ids, attention_mask=mask, deterministic=True).last_hidden_state
+    m = mask.astype(jnp.float32)[..., None]
+    logits = (out * m).sum(1) / m.sum(1) @ w + b
+    return jnp.mean(jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+
+
+def test_loss_and_gradients_of_a_training_step_match(tiny):
+    """Loss and every parameter's gradient within 1e-4 relative (to the tensor's largest)."""
+    _, hf, ours = tiny
+    ids, mask = _batch(seed=3)
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(TINY["hidden_size"],)).astype(np.float32)
+    labels = np.array([1.0, 0.0, 1.0], np.float32)
+    hf.zero_grad()
+    ref_loss = _train_loss_torch(hf, ids, mask, labels, w, np.float32(0.1))
+    ref_loss.backward()
+    loss, grads = nnx.value_and_grad(_train_loss_jax)(
+        ours, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(labels), jnp.asarray(w), 0.1
+    )
+    assert abs(float(loss) - ref_loss.item()) <= TOL * abs(ref_loss.item())
+    # Our gradients in HF's names and layout: the export table maps them like parameters.
+    ours_grads = checkpoint.export_tensors(
+        nnx.merge(nnx.graphdef(ours), grads), modernbert_params.KEY_MAP
+    )
+    ref_grads = {n: p.grad.numpy() for n, p in hf.named_parameters()}
+    assert set(ours_grads) == set(ref_grads)
+    for name, ref in ref_grads.items():
+        scale = np.abs(ref).max()
+        assert scale > 0, name  # every parameter takes part
+        err = np.abs(ours_grads[name] - ref).max() / scale
+        assert err <= TOL, f"{name}: relative gradient error {err:.3g}"
+
+
+def test_remat_gives_the_same_gradients(tiny):
+    directory, _, ours = tiny
+    rematted = modernbert_params.load_encoder(directory)
+    rematted.remat = "full"
+    args = [jnp.asarray(a) for a in _batch(seed=5)]
+    labels, w = jnp.asarray([0.0, 1.0, 1.0]), jnp.ones(TINY["hidden_size"]) / 7
+    grad = nnx.jit(nnx.grad(_train_loss_jax))
+    plain = jax.tree.leaves(grad(ours, *args, labels, w, 0.0))
+    again = jax.tree.leaves(grad(rematted, *args, labels, w, 0.0))
+    for a, b in zip(plain, again, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params(tiny):
+    directory, _, f32 = tiny
+    bf16 = from_pretrained(directory, dtype=jnp.bfloat16)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+    ids, mask = _batch()
+    lo = nnx.jit(lambda m, a, b: m(a, b).last_hidden_state)(bf16, ids, mask)
+    hi = nnx.jit(lambda m, a, b: m(a, b).last_hidden_state)(f32, ids, mask)
+    assert lo.dtype == jnp.bfloat16
+    # bf16 keeps 8 mantissa bits (relative step ~4e-3); through four blocks of random O(0.2)
+    # weights the error grows to a few percent of the states' scale (4.6% measured on the
+    # worst variant). 10% flags a wrong cast, not rounding; the dtype check above flags a
+    # float32 path.
+    real = mask.astype(bool)
+    diff = np.abs(np.asarray(lo, np.float32) - np.asarray(hi))[real]
+    assert diff.max() < 0.1 * np.abs(np.asarray(hi))[real].max()
+
+
+def test_dropout_needs_rngs_and_changes_states(tiny):
+    directory, _, _ = tiny
+    rates = dict(attention_dropout=0.3, embedding_dropout=0.2, mlp_dropout=0.25)
+    model = from_pretrained(directory, config_overrides=rates)
+    ids, mask = (jnp.asarray(a) for a in _batch())
+    with pytest.raises(ValueError, match="rngs"):
+        model(ids, mask, deterministic=False)
+    run = nnx.jit(lambda m, a, b, r: m(a, b, deterministic=False, rngs=r).last_hidden_state)
+    a, b = run(model, ids, mask, nnx.Rngs(dropout=0)), run(model, ids, mask, nnx.Rngs(dropout=1))
+    evaluated = model(ids, mask).last_hidden_state
+    assert np.isfinite(np.asarray(a)).all()
+    assert not np.allclose(a, b) and not np.allclose(a, evaluated)
+
+
+def test_wrapper_prefix_loads_and_heads_are_reported_unused(tiny, tmp_path, caplog):
+    directory, _, ours = tiny
+    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    wrapped = {"model." + k: v for k, v in tensors.items()}
+    wrapped["head.dense.weight"] = np.zeros((54, 54), np.float32)  # ModernBertFor* head
+    wrapped["classifier.weight"] = np.zeros((2, 54), np.float32)
+    save_file(wrapped, tmp_path / "model.safetensors")
+    with open(os.path.join(directory, "config.json")) as f:
+        (tmp_path / "config.json").write_text(f.read())
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+        loaded = from_pretrained(tmp_path)
+    assert "head.dense.weight" in caplog.text and "classifier.weight" in caplog.text
+    ids, mask = _batch()
+    np.testing.assert_array_equal(
+        _forward(loaded, ids, mask).last_hidden_state, _forward(ours, ids, mask).last_hidden_state
+    )
+
+
+def test_missing_and_misshapen_tensors_are_all_listed(tiny, tmp_path):
+    directory, _, _ = tiny
+    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    del tensors["layers.2.mlp.Wi.weight"]
+    tensors["layers.1.attn.Wqkv.weight"] = np.zeros((161, 54), np.float32)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with open(os.path.join(directory, "config.json")) as f:
+        (tmp_path / "config.json").write_text(f.read())
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        from_pretrained(tmp_path)
+    message = str(err.value)
+    assert "2 problem(s)" in message and "layers.2.mlp.Wi.weight" in message
+    assert "(161, 54), expected (162, 54)" in message
+
+
+def test_export_loads_in_automodel_with_the_same_hidden_states(tiny, tmp_path):
+    _, _, ours = tiny
+    # Shift every parameter so the round trip cannot pass by rereading the original file.
+    state = nnx.state(ours, nnx.Param)
+    shifted = jax.tree.map(lambda x: x + 0.01 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), state)
+    model = nnx.merge(nnx.graphdef(ours), shifted)
+    modernbert_params.save_encoder(model, tmp_path)
+    hf, info = transformers.AutoModel.from_pretrained(
+        tmp_path, attn_implementation="eager", output_loading_info=True
+    )
+    assert type(hf).__name__ == "ModernBertModel"
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids, mask = _batch(seed=6)
+    with torch.no_grad():
+        ref = hf.eval()(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
+    assert _max_diff_on_real(_forward(model, ids, mask).last_hidden_state, ref[0], mask) <= TOL
+    back = from_pretrained(tmp_path)
+    assert back.config == model.config
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(back, nnx.Param)), jax.tree.leaves(shifted), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_published_config_spellings_read_the_same():
+    """The hub's older config.json (global_attn_every_n_layers, *_rope_theta) and
+    transformers 5's (layer_types, rope_parameters) give one config."""
+    old = {
+        "model_type": "modernbert",
+        "num_hidden_layers": 5,
+        "global_attn_every_n_layers": 2,
+        "global_rope_theta": 160000.0,
+        "local_rope_theta": 10000.0,
+    }
+    new = transformers.ModernBertConfig(num_hidden_layers=5, global_attn_every_n_layers=2)
+    assert modernbert.ModernBertConfig.from_hf(old) == modernbert.ModernBertConfig.from_hf(new)
+    config = modernbert.ModernBertConfig.from_hf(old)
+    assert config.layer_types == ("full_attention", "sliding_attention") * 2 + ("full_attention",)
+    back = transformers.ModernBertConfig(**config.to_hf_dict())
+    assert modernbert.ModernBertConfig.from_hf(back) == config
+
+
+def test_bad_config_and_inputs_are_named():
+    with pytest.raises(ValueError, match="layer_types"):
+        modernbert.ModernBertConfig(num_hidden_layers=2, layer_types=["full_attention"])
+    with pytest.raises(ValueError, match="rope_type"):
+        modernbert.ModernBertConfig.from_hf(
+            {
+                "model_type": "modernbert",
+                "rope_parameters": {"full_attention": {"rope_type": "yarn"}},
+            }
+        )
+    with pytest.raises(NotImplementedError, match="scan_layers"):
+        modernbert.ModernBertModel(
+            modernbert.ModernBertConfig(), scan_layers=True, rngs=nnx.Rngs(0)
+        )
+    with pytest.raises(ValueError, match="remat='some'"):
+        modernbert.ModernBertModel(modernbert.ModernBertConfig(), remat="some", rngs=nnx.Rngs(0))
+    small = modernbert.ModernBertConfig(
+        vocab_size=11,
+        hidden_size=8,
+        intermediate_size=6,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    model = modernbert.ModernBertModel(small, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="token_type_ids"):
+        model(jnp.zeros((1, 3), jnp.int32), token_type_ids=jnp.zeros((1, 3), jnp.int32))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(jnp.zeros((1, 3), jnp.int32), jnp.ones((1, 4)))
