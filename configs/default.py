@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = data = ml_collections.ConfigDict()
-    data.name = "imdb"  # 'imdb', 'sst2', 'rotten_tomatoes', a hub id, or a local file/folder
+    data.name = "imdb"  # 'imdb', 'sst2', 'rotten_tomatoes', or a file/folder (local or gs://)
     data.data_dir = ""  # overrides $JAXSENT_DATA_DIR when set
     data.text_column = ""  # '' = the dataset's known column (text / sentence)
     data.label_column = ""
