@@ -1,4 +1,4 @@
-"""Sentiment classifier: BERT encoder + pooling + dropout + a one-logit head.
+"""Sentiment classifier: an encoder (BERT, RoBERTa, ModernBERT) + pooling + dropout + a head.
 
 The head emits one logit per example (the losses are binary cross-entropy on logits).
 ``save_pretrained`` writes a Hugging Face folder: ``config.json`` + ``model.safetensors`` with
@@ -11,6 +11,11 @@ pooler, the folder is exactly HF's ``BertForSequenceClassification`` with ``num_
 head is stored as ``jaxsent_head.weight`` / ``jaxsent_head.bias``, so that a PyTorch user who
 loads it as a sequence classifier is warned of a missing head instead of getting wrong logits.
 Folders of the earlier layout (head in ``jaxsent_head.safetensors``) still load.
+
+RoBERTa and ModernBERT have no ``transformers`` classifier that computes what ours does (theirs
+put a dense layer before the output), so their folders always take the second layout: the bare
+encoder (``RobertaModel`` / ``ModernBertModel``, which ``transformers.AutoModel`` loads) and
+``jaxsent_head.*``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jaxsent import storage
-from jaxsent.models import bert, bert_params
+from jaxsent.models import checkpoint, loading
 
 __all__ = [
     "POOLINGS",
@@ -68,11 +73,11 @@ def masked_mean(hidden: jax.Array, mask: jax.Array) -> jax.Array:
     return total / jnp.maximum(count, 1.0)
 
 
-def pool(out: bert.BertOutput, mask: jax.Array, pooling: str) -> jax.Array:
+def pool(out: Any, mask: jax.Array, pooling: str) -> jax.Array:
     """Sentence features from encoder outputs.
 
     Args:
-      out: encoder outputs.
+      out: encoder outputs (``last_hidden_state``, ``pooler_output`` or None).
       mask: [B, L] attention mask.
       pooling: ``"cls"`` (the tanh pooler over [CLS]; the raw [CLS] state if the encoder has
         no pooler), ``"mean"`` (masked mean) or ``"cls_mean"`` (both, concatenated).
@@ -94,7 +99,8 @@ class SentimentClassifier(nnx.Module):
     """Encoder + pooling + dropout + Linear(D, 1).
 
     Args:
-      config: encoder architecture (a fresh random encoder is built unless ``encoder`` is given).
+      config: encoder architecture, a ``BertConfig`` or ``ModernBertConfig`` (a fresh random
+        encoder of its family is built unless ``encoder`` is given).
       pooling: one of :data:`POOLINGS`.
       dropout_rate: dropout on the pooled features (the encoder's own dropout follows its
         config, like HF).
@@ -109,20 +115,20 @@ class SentimentClassifier(nnx.Module):
 
     def __init__(
         self,
-        config: bert.BertConfig,
+        config: loading.Config,
         *,
         pooling: str = "cls",
         dropout_rate: float = 0.1,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
-        encoder: bert.BertModel | None = None,
+        encoder: loading.Encoder | None = None,
     ):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
         if not 0.0 <= dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
         if encoder is None:
-            encoder = bert.BertModel(config, dtype=dtype, rngs=rngs)
+            encoder = loading.make_encoder(config, dtype=dtype, rngs=rngs)
         elif encoder.config != config:
             raise ValueError(f"encoder.config {encoder.config} does not match config {config}")
         if pooling != "mean" and not config.use_pooler:
@@ -184,7 +190,8 @@ class SentimentClassifier(nnx.Module):
         ``pooling="cls"``; one with another number of labels gets a fresh head (with a warning).
 
         Args:
-          name_or_path: folder, short name or hub id (see :func:`bert_params.resolve`).
+          name_or_path: folder, short name or hub id (see :func:`checkpoint.resolve`); its
+          ``config.json``'s ``model_type`` chooses the encoder family.
           pooling: one of :data:`POOLINGS`; ``None`` takes the saved head's pooling, or
             ``"cls"`` when there is no saved head. A value contradicting a head saved by
             jaxsent raises; one contradicting a ``transformers`` head gets a fresh head.
@@ -199,13 +206,16 @@ class SentimentClassifier(nnx.Module):
         Raises:
           CheckpointError: a head that does not fit (shape, missing tensor or pooling).
         """
-        directory = bert_params.resolve(name_or_path)
+        directory = checkpoint.resolve(name_or_path)
+        model_type = loading.model_type_of(
+            checkpoint.read_config_json(directory), source=os.path.join(directory, "config.json")
+        )
         meta = read_metadata(directory)
-        tensors = bert_params.read_safetensors(directory)
-        head = _pop_head(tensors, meta, directory)
+        tensors = checkpoint.read_safetensors(directory)
+        head = _pop_head(tensors, meta, directory, hf_head=model_type == "bert")
         if head is None and not meta:
             head = _read_head_file(directory)
-        encoder = bert_params.build_encoder(
+        encoder = loading.build_encoder(
             directory,
             tensors,
             dtype=jnp.dtype(dtype or meta.get("dtype", "float32")),
@@ -241,7 +251,7 @@ class SentimentClassifier(nnx.Module):
         if head is not None:
             kernel, bias = head["weight"].T, head["bias"]
             if kernel.shape != model.head.kernel.shape or bias.shape != model.head.bias.shape:
-                raise bert_params.CheckpointError(
+                raise checkpoint.CheckpointError(
                     f"{head['source']}: head weight {head['weight'].shape} and bias "
                     f"{bias.shape} do not fit pooling={pooling!r}, which needs "
                     f"{model.head.kernel.shape[::-1]} and {model.head.bias.shape}"
@@ -259,19 +269,21 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
     if not isinstance(meta, dict):
-        raise bert_params.CheckpointError(f"{path}: expected a JSON object, got {meta!r}")
+        raise checkpoint.CheckpointError(f"{path}: expected a JSON object, got {meta!r}")
     return meta
 
 
 def _pop_head(
-    tensors: dict[str, np.ndarray], meta: dict[str, Any], directory: str
+    tensors: dict[str, np.ndarray], meta: dict[str, Any], directory: str, *, hf_head: bool
 ) -> dict[str, Any] | None:
     """Removes the head tensors from ``tensors`` and returns the head, or None if there is none.
 
-    ``classifier.*`` without jaxsent metadata is a ``transformers`` head: kept as a
-    ``pooling="cls"`` head when it has one logit, left out (a fresh head follows) otherwise.
+    ``classifier.*`` without jaxsent metadata is a ``transformers`` head: with ``hf_head``
+    (BERT, whose classifier reads the pooler output) kept as a ``pooling="cls"`` head when it
+    has one logit, left out (a fresh head follows) otherwise; without (ModernBERT, whose
+    classifier reads its own dense + norm head) always left out.
     """
-    source = os.path.join(directory, bert_params.SAFETENSORS)
+    source = os.path.join(directory, checkpoint.SAFETENSORS)
     found = {}
     for name in (HF_HEAD, JAXSENT_HEAD):
         keys = {f"{name}.weight", f"{name}.bias"} & set(tensors)
@@ -279,22 +291,30 @@ def _pop_head(
             found[name] = {key.rsplit(".", 1)[1]: tensors.pop(key) for key in sorted(keys)}
     if not found:
         if meta.get("head") is not None:
-            raise bert_params.CheckpointError(
+            raise checkpoint.CheckpointError(
                 f"{source}: {METADATA_FILE} names head {meta['head']!r} but the file has no "
                 f"{meta['head']}.weight / {meta['head']}.bias"
             )
         return None
     if len(found) > 1:
-        raise bert_params.CheckpointError(
+        raise checkpoint.CheckpointError(
             f"{source}: holds two heads, {HF_HEAD}.* and {JAXSENT_HEAD}.*; expected one"
         )
     ((name, head),) = found.items()
     missing = sorted({"weight", "bias"} - set(head))
     if missing:
-        raise bert_params.CheckpointError(f"{source}: {name}.{missing[0]} is missing")
+        raise checkpoint.CheckpointError(f"{source}: {name}.{missing[0]} is missing")
     if not meta:
+        if name == HF_HEAD and not hf_head:
+            logger.warning(
+                "%s: its %s.* follows a transformers head that jaxsent does not build; "
+                "a fresh one-logit head is built instead",
+                source,
+                name,
+            )
+            return None
         if name == JAXSENT_HEAD:
-            raise bert_params.CheckpointError(
+            raise checkpoint.CheckpointError(
                 f"{source}: has a {JAXSENT_HEAD} but no {METADATA_FILE} saying its pooling"
             )
         if head["weight"].shape[0] != 1:
@@ -308,7 +328,7 @@ def _pop_head(
             return None
         return {**head, "pooling": "cls", "source": source}
     if "pooling" not in meta:
-        raise bert_params.CheckpointError(
+        raise checkpoint.CheckpointError(
             f"{os.path.join(directory, METADATA_FILE)}: no 'pooling' for the saved head"
         )
     return {**head, "pooling": meta["pooling"], "source": source}
@@ -325,7 +345,7 @@ def _read_head_file(directory: str) -> dict[str, Any] | None:
         meta = f.metadata() or {}
         missing = {"classifier.weight", "classifier.bias"} - set(f.keys())
         if missing or "pooling" not in meta:
-            raise bert_params.CheckpointError(
+            raise checkpoint.CheckpointError(
                 f"{path}: expected tensors classifier.weight/bias and 'pooling' metadata; "
                 f"missing {sorted(missing) or ['pooling metadata']}"
             )
@@ -339,11 +359,11 @@ def _read_head_file(directory: str) -> dict[str, Any] | None:
 
 def uses_hf_head(model: SentimentClassifier) -> bool:
     """Whether ``model`` computes exactly ``transformers.BertForSequenceClassification``."""
-    return model.pooling == "cls" and model.config.use_pooler
+    return model.pooling == "cls" and model.config.use_pooler and model.config.model_type == "bert"
 
 
 def save_pretrained(
-    model: SentimentClassifier | bert.BertModel,
+    model: SentimentClassifier | loading.Encoder,
     directory: str | os.PathLike,
     *,
     tokenizer: Any = None,
@@ -352,7 +372,7 @@ def save_pretrained(
     """Saves in the Hugging Face layout (see the module docstring).
 
     Writes ``config.json`` + ``model.safetensors``: for a bare encoder, what
-    ``transformers.BertModel`` loads; for a classifier, the encoder and the head (a
+    ``transformers.AutoModel`` loads; for a classifier, the encoder and the head (a
     ``BertForSequenceClassification`` with ``num_labels=1`` when :func:`uses_hf_head`) and
     :data:`METADATA_FILE`, read back by :meth:`SentimentClassifier.from_pretrained`. With
     ``tokenizer``, also its files.
@@ -379,14 +399,14 @@ def save_pretrained(
         return
 
     directory = os.fspath(directory)
-    if isinstance(model, bert.BertModel):
+    if isinstance(model, loading.ENCODER_TYPES):
         if metadata:
             raise ValueError("metadata is saved with a classifier only, not a bare encoder")
-        bert_params.save_encoder(model, directory)
+        loading.save_encoder(model, directory)
     elif isinstance(model, SentimentClassifier):
         hf_head = uses_hf_head(model)
         head = HF_HEAD if hf_head else JAXSENT_HEAD
-        tensors = bert_params.export_tensors(model.encoder, prefix="bert." if hf_head else "")
+        tensors = loading.export_tensors(model.encoder, prefix="bert." if hf_head else "")
         tensors[f"{head}.weight"] = np.ascontiguousarray(
             np.asarray(jax.device_get(model.head.kernel.get_value()), np.float32).T
         )
@@ -395,7 +415,9 @@ def save_pretrained(
         )
         config = model.config.to_hf_dict()
         config.update(
-            architectures=["BertForSequenceClassification" if hf_head else "BertModel"],
+            architectures=(
+                ["BertForSequenceClassification"] if hf_head else config["architectures"]
+            ),
             # One logit, for the positive class (transformers' pipelines apply a sigmoid).
             id2label={"0": "positive"},
             label2id={"positive": 0},
@@ -414,11 +436,14 @@ def save_pretrained(
         os.makedirs(directory, exist_ok=True)
         _write_json(os.path.join(directory, "config.json"), config)
         save_file(
-            tensors, os.path.join(directory, bert_params.SAFETENSORS), metadata={"format": "pt"}
+            tensors, os.path.join(directory, checkpoint.SAFETENSORS), metadata={"format": "pt"}
         )
         _write_json(os.path.join(directory, METADATA_FILE), meta | dict(metadata or {}))
     else:
-        raise TypeError(f"model must be a SentimentClassifier or BertModel, got {type(model)}")
+        raise TypeError(
+            f"model must be a SentimentClassifier or an encoder {loading.ENCODER_TYPES}, "
+            f"got {type(model)}"
+        )
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 
@@ -433,7 +458,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     """The fast ``transformers.AutoTokenizer`` for a folder, short name or hub id."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(bert_params.resolve(name_or_path), use_fast=True)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.resolve(name_or_path), use_fast=True)
     if not tokenizer.is_fast:
         raise ValueError(f"no fast tokenizer (tokenizer.json) for {os.fspath(name_or_path)!r}")
     return tokenizer
