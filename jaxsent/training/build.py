@@ -29,18 +29,19 @@ from jaxsent.training.steps import StepFunctions, build_steps, make_steps, train
 __all__ = ["encoder_config", "build_model", "training_steps"]
 
 
-def _has_pooler(directory: str) -> bool:
+def _has_pooler(directory: str, model_type: str | None) -> bool:
     """Whether the folder's weights have ``pooler.*`` tensors (read from the file header only).
 
     `bert_params.build_encoder` gives the encoder a pooler exactly then.
     """
     path = os.path.join(directory, bert_params.SAFETENSORS)
-    if not os.path.isfile(path):
-        return True
+    if not os.path.isfile(path) or model_type not in bert_params.WRAPPER_PREFIX:
+        return True  # BertConfig.from_hf names a model type it cannot build
     from safetensors import safe_open
 
+    names = bert_params.key_map(model_type)
     with safe_open(path, framework="numpy") as f:
-        return any(bert_params.canonical_hf_key(k).startswith("pooler.") for k in f.keys())
+        return any(names.canonical(k).startswith("pooler.") for k in f.keys())
 
 
 def encoder_config(name: str) -> bert.BertConfig:
@@ -73,7 +74,7 @@ def encoder_config(name: str) -> bert.BertConfig:
         directory = os.path.dirname(path)
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
-    return bert.BertConfig.from_hf(raw, use_pooler=_has_pooler(directory))
+    return bert.BertConfig.from_hf(raw, use_pooler=_has_pooler(directory, raw.get("model_type")))
 
 
 def build_model(config: ml_collections.ConfigDict, *, pretrained: bool = True):

@@ -1,0 +1,570 @@
+"""Plan a run on a TPU slice before renting it: compile its steps for the slice on this machine.
+
+libtpu (the TPU compiler, on PyPI) compiles for any TPU topology without a TPU. `Planner` builds a
+run's train and eval steps abstractly (`jaxsent.training.build.training_steps(abstract=True)`:
+the same model, loss, optimiser, sharding rules and dtype as `python -m train`, without weights or
+data), lowers them with `jax.ShapeDtypeStruct` arguments on a mesh of the topology's devices and
+compiles them. Per shape it reports what the compiler says (per-chip memory, FLOPs, bytes
+accessed, collectives) and what follows from the chip's published figures (`CHIPS`): whether it
+fits, a roofline lower bound on the step time and the MFU bound it implies. Neither is a
+prediction of the time a step takes; they bound it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxsent import data as data_lib
+from jaxsent import sharding
+from jaxsent.training.build import training_steps
+from jaxsent.training.steps import abstract_arguments
+
+__all__ = [
+    "CHIPS",
+    "Chip",
+    "Planner",
+    "ShapePlan",
+    "bucket_shapes",
+    "collectives",
+    "find_max_batch",
+    "matmul_params",
+    "model_flops",
+    "topology_devices",
+]
+
+GiB = 2**30
+BYTE_FIELDS = ("arguments", "outputs", "temporaries", "code", "peak")
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One TPU chip's published figures.
+
+    Attributes:
+      name: the topology prefix (``v5e`` in ``v5e:2x4``).
+      hbm_bytes: HBM per chip.
+      hbm_bytes_per_second: HBM bandwidth per chip.
+      peak_flops: peak bfloat16 FLOP/s per chip.
+    """
+
+    name: str
+    hbm_bytes: int
+    hbm_bytes_per_second: float
+    peak_flops: float
+
+
+# Per chip, from Google Cloud's "System architecture" table for each version (read 2026-11):
+#   v4   https://cloud.google.com/tpu/docs/v4   275 TFLOP/s bf16; HBM2 32 GiB, 1200 GB/s
+#   v5e  https://cloud.google.com/tpu/docs/v5e  197 TFLOP/s bf16; HBM2 16 GB, 819 GB/s
+#   v5p  https://cloud.google.com/tpu/docs/v5p  459 TFLOP/s bf16; HBM2e 95 GiB, 2765 GB/s
+#   v6e  https://cloud.google.com/tpu/docs/v6e  918 TFLOP/s bf16; HBM 32 GB, 1600 GB/s
+# HBM sizes are taken as GiB (the pages mix GB and GiB for the same parts); bandwidths in 1e9 B/s.
+CHIPS: dict[str, Chip] = {
+    "v4": Chip("v4", 32 * GiB, 1200e9, 275e12),
+    "v5e": Chip("v5e", 16 * GiB, 819e9, 197e12),
+    "v5p": Chip("v5p", 95 * GiB, 2765e9, 459e12),
+    "v6e": Chip("v6e", 32 * GiB, 1600e9, 918e12),
+}
+
+# A plan with --max_batch leaves this fraction of HBM free at the batch it picks.
+HEADROOM_FRACTION = 0.10
+
+
+def chip_for(topology: str) -> Chip:
+    """The `Chip` of a topology name such as ``v5e:2x4``.
+
+    Raises:
+      ValueError: a name that is not ``<chip>:<shape>`` with a chip of `CHIPS`.
+    """
+    name, sep, shape = topology.partition(":")
+    if not sep or not re.fullmatch(r"\d+(x\d+)*", shape) or name not in CHIPS:
+        raise ValueError(
+            f"--topology={topology!r}: expected <chip>:<shape> with a chip of "
+            f"{sorted(CHIPS)}, e.g. v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4"
+        )
+    return CHIPS[name]
+
+
+def topology_devices(topology: str) -> list[Any]:
+    """The compile-only TPU devices of ``topology`` (libtpu; no TPU needed).
+
+    Raises:
+      ValueError: a topology libtpu does not know (its message, in one line).
+      ModuleNotFoundError: libtpu is not installed.
+    """
+    chip_for(topology)
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None:
+        raise ModuleNotFoundError(
+            "planning needs the TPU compiler: pip install libtpu==0.0.42.1 "
+            "(what jax[tpu]==0.10.2 pins; in jaxsent's test extra)",
+            name="libtpu",
+        )
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(topology, "tpu").devices)
+    except Exception as err:  # JaxRuntimeError from libtpu: an unknown or malformed shape
+        message = " ".join(str(err).split())
+        raise ValueError(f"--topology={topology!r}: libtpu cannot build it: {message}") from err
+
+
+# --- analytic model FLOPs --------------------------------------------------------------------
+
+
+def matmul_params(config) -> int:
+    """Weights every token multiplies through: the encoder layers' kernels.
+
+    Per layer: query, key, value and attention output (4 H^2) and the feed-forward pair
+    (2 H I). Embeddings are lookups, and the pooler and head act once per sequence.
+    """
+    hidden, inter = config.hidden_size, config.intermediate_size
+    return config.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * inter)
+
+
+def model_flops(config, *, step: str, global_batch: int, length: int) -> float:
+    """Analytic FLOPs of one step over the whole batch (padding included).
+
+    Forward: ``2 N T`` for the matmul weights (N = `matmul_params`, T = batch x length tokens)
+    plus ``4 layers B L^2 H`` for attention (scores and their product with the values). A train
+    step adds the backward pass, twice the forward: ``6 N T + 12 layers B L^2 H`` (Kaplan et al.
+    2020; PaLM's MFU, Chowdhery et al. 2022, appendix B). Recomputation under remat is not model
+    FLOPs.
+    """
+    tokens = global_batch * length
+    forward = 2 * matmul_params(config) * tokens + (
+        4 * config.num_hidden_layers * global_batch * length * length * config.hidden_size
+    )
+    return float(3 * forward if step == "train" else forward)
+
+
+# --- collectives in the optimised HLO --------------------------------------------------------
+
+COLLECTIVE_KINDS = (
+    "all-reduce",
+    "all-gather",
+    "reduce-scatter",
+    "all-to-all",
+    "collective-permute",
+    "collective-broadcast",
+)
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+}
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+([a-z][\w\-]*)\(")
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_CALLED = re.compile(
+    r"\b(body|condition|to_apply|calls|branch_computations)=(?:\{([^}]*)\}|(%?[\w.\-]+))"
+)
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+
+
+def _shape_bytes(shape: str) -> int:
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        if dtype in _DTYPE_BYTES:
+            total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Collectives of an optimised HLO module, by kind: ``{kind: {"count", "bytes"}}``.
+
+    Counts are executions per step: an op inside a while loop with a known trip count (the
+    encoder's scan under ``scan_layers``) counts once per iteration. Bytes are the per-chip
+    result size (for asynchronous pairs, the ``-done`` result; the ``-start`` is counted).
+    """
+    computations: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        if current is None:
+            match = _COMPUTATION.match(line)
+            if match and "=" not in line.split("{")[0].split("(")[0]:
+                current = match.group(1)
+                computations[current] = []
+                if line.lstrip().startswith("ENTRY"):
+                    entry = current
+            continue
+        if line.strip() == "}":
+            current = None
+            continue
+        computations[current].append(line)
+
+    def _trip_count(line: str, called: dict[str, str]) -> int:
+        """A while loop's iterations: XLA's known_trip_count, else its condition's bound.
+
+        jax's scan loops count up from 0 while ``i < N`` (N an s32 constant of the condition).
+        """
+        if match := _TRIP_COUNT.search(line):
+            return int(match.group(1))
+        condition = computations.get(called.get("condition", "").lstrip("%"), [])
+        text = "\n".join(condition)
+        bounds = re.findall(r"s32\[\]\S*\s+constant\((\d+)\)", text)
+        if len(bounds) == 1 and "direction=LT" in text:
+            return int(bounds[0])
+        return 1
+
+    @functools.cache
+    def counts(name: str) -> tuple[tuple[str, int, int], ...]:
+        found: dict[str, list[int]] = {}
+        for line in computations.get(name, ()):
+            match = _INSTRUCTION.match(line)
+            if match is None:
+                continue
+            shape, opcode = match.groups()
+            for kind in COLLECTIVE_KINDS:
+                if opcode in (kind, f"{kind}-start"):
+                    found.setdefault(kind, [0, 0])[0] += 1
+                if opcode in (kind, f"{kind}-done"):
+                    found.setdefault(kind, [0, 0])[1] += _shape_bytes(shape)
+            if opcode in ("async-done", "async-update"):
+                continue  # the same computation as its async-start
+            called_by_role = {
+                role: group or single for role, group, single in _CALLED.findall(line)
+            }
+            for role, names in called_by_role.items():
+                times = _trip_count(line, called_by_role) if role == "body" else 1
+                for called in (n.strip().lstrip("%") for n in names.split(",") if n.strip()):
+                    for kind, count, size in counts(called):
+                        entry_ = found.setdefault(kind, [0, 0])
+                        entry_[0] += times * count
+                        entry_[1] += times * size
+        return tuple((kind, c, b) for kind, (c, b) in sorted(found.items()))
+
+    if entry is None:
+        return {}
+    return {kind: {"count": c, "bytes": b} for kind, c, b in counts(entry) if c or b}
+
+
+# --- shapes ----------------------------------------------------------------------------------
+
+
+def bucket_shapes(config: ml_collections.ConfigDict, *, all_shapes: bool) -> list[int]:
+    """The padded lengths to compile: ``data.max_length`` alone, or the bucket ladder.
+
+    Without data the ladder is `jaxsent.data.make_bucket_boundaries` without lengths: evenly
+    spaced ``ceil(max_length k / num_buckets)`` rounded up to a multiple of 8, k = 1..num_buckets.
+    A run fits its buckets to the training lengths, but never above ``max_length``, and a step's
+    memory grows with its length, so the largest shape decides whether a run fits.
+    """
+    max_length = int(config.data.max_length)
+    if not all_shapes:
+        return [max_length]
+    return list(
+        data_lib.make_bucket_boundaries(max_length, num_buckets=int(config.data.num_buckets))
+    )
+
+
+def abstract_batch(global_batch: int, length: int, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """The batch a step receives, as shapes: what `jaxsent.data.make_batch` assembles.
+
+    Built by `make_batch` itself on a one-example data set, so the keys and dtypes are the
+    training loop's; sharded over ``data`` as the loop's `BatchPlacer` places it.
+    """
+    arrays = data_lib.token_arrays([[1]])
+    indices = np.full(global_batch, -1, dtype=np.int64)
+    indices[0] = 0
+    batch = data_lib.make_batch(arrays, data_lib.BatchSpec(indices=indices, seq_len=length))
+    batch.pop("example_id", None)
+    placement = sharding.batch_sharding(mesh)
+    return {
+        key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=placement)
+        for key, value in batch.items()
+    }
+
+
+# --- compiling -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ShapePlan:
+    """What one compiled shape needs per chip (the JSON fields of `to_json`)."""
+
+    step: str
+    global_batch: int
+    length: int
+    bytes: dict[str, int | None]
+    fits: bool
+    hbm_bytes: int
+    flops: float | None
+    bytes_accessed: float | None
+    model_flops: float
+    roofline_seconds: float | None
+    mfu_bound: float | None
+    collectives: dict[str, dict[str, int]]
+    compile_seconds: float
+    error: str | None = None  # the compiler's RESOURCE_EXHAUSTED message, when it refused
+
+    @property
+    def name(self) -> str:
+        return f"{self.step} {self.global_batch} x {self.length}"
+
+    @property
+    def overshoot(self) -> int | None:
+        """Bytes over HBM (None when the compiler did not say how much it needed)."""
+        peak = self.bytes["peak"]
+        return None if peak is None else peak - self.hbm_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("error")
+        out.pop("hbm_bytes")
+        return out
+
+
+_SIZE = re.compile(r"([\d.]+)\s*([KMGT]?)i?B?")
+
+
+def _parse_size(text: str) -> int | None:
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        return None
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def _refused_sizes(message: str) -> dict[str, int | None]:
+    """What a RESOURCE_EXHAUSTED message says was needed (libtpu 0.0.42.1's wording).
+
+    E.g. "the total memory required for HLO temporaries (125.17G) exceeds available HBM
+    (15.75G)"; older wordings say "Used 20.5G of 15.48G hbm".
+    """
+    sizes: dict[str, int | None] = dict.fromkeys(BYTE_FIELDS)
+    if match := re.search(r"required for HLO temporaries \(([^)]+)\)", message):
+        sizes["temporaries"] = _parse_size(match.group(1))
+    if match := re.search(r"Used\s+(\S+)\s+of\s+\S+\s+hbm", message):
+        sizes["peak"] = _parse_size(match.group(1))
+    return sizes
+
+
+class Planner:
+    """A run's steps, built abstractly for a TPU topology, compiled shape by shape.
+
+    Args:
+      config: the run config (as ``python -m train`` takes it).
+      topology: a libtpu topology name, e.g. ``v5e:2x4``, ``v4:2x2x1``, ``v5e:16x16``.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, topology: str):
+        self.config = config
+        self.topology = topology
+        self.chip = chip_for(topology)
+        self.devices = topology_devices(topology)
+        self.hosts = len({d.process_index for d in self.devices})
+        self.mesh = sharding.make_mesh(
+            data=config.mesh.data, model=config.mesh.model, devices=self.devices
+        )
+        total_steps = max(int(config.train.num_steps), int(config.optim.warmup_steps), 1)
+        steps, state, _ = training_steps(config, self.mesh, total_steps=total_steps, abstract=True)
+        self.steps = steps
+        shardings = functools.partial(
+            sharding.tree_shardings, mesh=self.mesh, rules=config.mesh.strategy
+        )
+        self.state_args = abstract_arguments(state, shardings(state))
+        self.rng_args = abstract_arguments(steps.rng_state, shardings(steps.rng_state))
+        model, _ = nnx.merge(steps.eval_graphdef, steps.rng_state, state)
+        self.model_config = model.config
+        self.params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+    @property
+    def chips(self) -> int:
+        return len(self.devices)
+
+    @property
+    def batch_multiple(self) -> int:
+        """Global batches must be multiples of this: the data axis and the host count."""
+        return math.lcm(self.mesh.shape["data"], self.hosts)
+
+    def compile_shape(self, step: str, global_batch: int, length: int) -> ShapePlan:
+        """Compiles one step (``"train"`` or ``"eval"``) for one batch shape and reports it."""
+        fn = self.steps.train_step_fn if step == "train" else self.steps.eval_step_fn
+        batch = abstract_batch(global_batch, length, self.mesh)
+        flops_model = model_flops(
+            self.model_config, step=step, global_batch=global_batch, length=length
+        )
+        start = time.perf_counter()
+        try:
+            with jax.set_mesh(self.mesh):
+                compiled = fn.lower(self.state_args, self.rng_args, batch).compile()
+        except Exception as err:  # XlaRuntimeError; only an out-of-memory refusal is a result
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            message = " ".join(str(err).split())
+            return ShapePlan(
+                step=step,
+                global_batch=global_batch,
+                length=length,
+                bytes=_refused_sizes(message),
+                fits=False,
+                hbm_bytes=self.chip.hbm_bytes,
+                flops=None,
+                bytes_accessed=None,
+                model_flops=flops_model,
+                roofline_seconds=None,
+                mfu_bound=None,
+                collectives={},
+                compile_seconds=time.perf_counter() - start,
+                error=message,
+            )
+        seconds = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        sizes = {
+            "arguments": int(memory.argument_size_in_bytes),
+            "outputs": int(memory.output_size_in_bytes),
+            "temporaries": int(memory.temp_size_in_bytes),
+            "code": int(memory.generated_code_size_in_bytes),
+        }
+        # Donated state buffers are reused for the new state: aliased outputs take no new HBM.
+        sizes["peak"] = sum(sizes.values()) - int(memory.alias_size_in_bytes)
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+        # XLA's cost analysis counts a while loop's body once (a scan_layers encoder's layers),
+        # so the chip's share of the model FLOPs also bounds the work it does.
+        work = max(flops, flops_model / self.chips)
+        roofline = max(work / self.chip.peak_flops, accessed / self.chip.hbm_bytes_per_second)
+        mfu = flops_model / (self.chips * self.chip.peak_flops * roofline) if roofline else None
+        return ShapePlan(
+            step=step,
+            global_batch=global_batch,
+            length=length,
+            bytes=sizes,
+            fits=sizes["peak"] <= self.chip.hbm_bytes,
+            hbm_bytes=self.chip.hbm_bytes,
+            flops=flops,
+            bytes_accessed=accessed,
+            model_flops=flops_model,
+            roofline_seconds=roofline,
+            mfu_bound=mfu,
+            collectives=collectives(compiled.as_text()),
+            compile_seconds=seconds,
+        )
+
+    def plan(self, *, all_shapes: bool, train_batch: int | None = None) -> list[ShapePlan]:
+        """Every shape of a run: the train step at each length, then the eval step."""
+        lengths = bucket_shapes(self.config, all_shapes=all_shapes)
+        train_batch = train_batch or int(self.config.train.global_batch_size)
+        eval_batch = int(self.config.train.eval_batch_size)
+        shapes = [("train", train_batch, n) for n in reversed(lengths)]
+        shapes += [("eval", eval_batch, n) for n in reversed(lengths)]
+        return [self.compile_shape(*shape) for shape in shapes]
+
+
+def find_max_batch(
+    fits: Callable[[int], ShapePlan | bool],
+    *,
+    multiple: int,
+    start: int,
+    limit: int = 1 << 20,
+) -> tuple[int, dict[int, Any]]:
+    """The largest multiple of ``multiple`` for which ``fits`` holds, by bisection.
+
+    ``fits(batch)`` is assumed monotone (true up to some batch, false above). From ``start``
+    (rounded to a multiple), the search doubles until a batch fails, then bisects between the
+    last batch that fits and the first that does not.
+
+    Args:
+      fits: batch -> whether it fits (anything truthy counts).
+      multiple: the step between candidate batches (the data axis and the host count).
+      start: the first batch tried.
+      limit: the largest batch tried.
+
+    Returns:
+      ``(batch, probes)``: the largest fitting batch (0 when even ``multiple`` does not fit)
+      and every batch tried with what ``fits`` returned.
+    """
+    probes: dict[int, Any] = {}
+
+    def probe(k: int) -> bool:
+        if k not in probes:
+            probes[k] = fits(k * multiple)
+        return bool(probes[k])
+
+    k = max(1, start // multiple)
+    if probe(k):
+        good, bad = k, None
+        while bad is None:
+            nxt = min(2 * good, limit // multiple)
+            if nxt == good:
+                return good * multiple, {b * multiple: p for b, p in probes.items()}
+            if probe(nxt):
+                good = nxt
+            else:
+                bad = nxt
+    else:
+        good, bad = 0, k
+        while good == 0 and bad > 1:
+            nxt = bad // 2
+            if probe(nxt):
+                good = nxt
+            else:
+                bad = nxt
+        if good == 0:
+            return 0, {b * multiple: p for b, p in probes.items()}
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if probe(mid):
+            good = mid
+        else:
+            bad = mid
+    return good * multiple, {b * multiple: p for b, p in probes.items()}
+
+
+def describe_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / GiB:.2f} GiB" if abs(n) >= GiB else f"{n / 2**20:.1f} MiB"
+
+
+def summary_rows(plans: Iterable[ShapePlan]) -> list[list[str]]:
+    """The stdout table's rows, one per shape."""
+    rows = []
+    for p in plans:
+        b = p.bytes
+        colls = ", ".join(
+            f"{k} {v['count']}x {describe_bytes(v['bytes'])}" for k, v in p.collectives.items()
+        )
+        rows.append(
+            [
+                p.name,
+                describe_bytes(b["arguments"]),
+                describe_bytes(b["temporaries"]),
+                describe_bytes(b["peak"]),
+                "yes" if p.fits else "NO",
+                describe_bytes(None if b["peak"] is None else p.hbm_bytes - b["peak"]),
+                "?" if p.flops is None else f"{p.flops:.3g}",
+                f"{p.model_flops:.3g}",
+                "?" if p.roofline_seconds is None else f"{p.roofline_seconds * 1e3:.1f} ms",
+                "?" if p.mfu_bound is None else f"{p.mfu_bound:.2g}",
+                f"{p.compile_seconds:.0f} s",
+                colls or "none",
+            ]
+        )
+    return rows

@@ -1,0 +1,171 @@
+"""Plan a run on a TPU slice before renting one: compile its train and eval steps for the slice.
+
+    python -m train.plan --config configs/bert_base_imdb.py --topology v5e:2x4
+    python -m train.plan --config configs/bert_base_imdb.py --topology v5e:2x4 \\
+        --config.model.name=bert-large --config.model.scan_layers=True --max_batch \\
+        --output plan.json
+
+Needs libtpu (the TPU compiler; `pip install libtpu==0.0.42.1`), no TPU, no weights and no data:
+the architecture comes from a named architecture (`bert-base`, `bert-large`) or the checkpoint's
+config.json. It compiles the very steps `python -m train` runs with the same config (model, loss,
+optimiser, mesh strategy, dtype) for the largest train and eval shape (global batch x
+data.max_length), or every bucket length with --all_shapes, and prints per chip: memory,
+whether it fits in HBM, the compiler's FLOPs and bytes, the model FLOPs, a roofline lower bound on
+the step time with the MFU bound it implies, the collectives and the compile time (docs/tpu.md).
+
+Exit status: 0 when every shape fits; 1 when one does not (the last line names it and the
+overshoot); 2 for a bad argument (one line).
+"""
+
+import json
+import os
+import sys
+
+# Plan on the CPU: on a TPU VM this leaves the chips to the run; here it keeps two processes from
+# both starting the TPU runtime (they collide on /tmp/libtpu_lockfile).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from train.cli import run_cli, setup_process  # noqa: E402
+
+EXIT_DOES_NOT_FIT = 1
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
+flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4.")
+flags.DEFINE_string("output", None, "Write the plan as JSON here.")
+flags.DEFINE_bool("all_shapes", False, "Compile every bucket length, not only data.max_length.")
+flags.DEFINE_bool(
+    "max_batch",
+    False,
+    "Find the largest global batch (a multiple of the data axis) whose train shapes fit with "
+    "10% of HBM to spare, by bisection on compiles, and plan at that batch.",
+)
+flags.mark_flags_as_required(["config", "topology"])
+
+COLUMNS = (
+    "shape",
+    "arguments",
+    "temporaries",
+    "peak",
+    "fits",
+    "headroom",
+    "flops/chip",
+    "model flops",
+    "roofline >=",
+    "MFU <=",
+    "compile",
+    "collectives (per step)",
+)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [list(COLUMNS), *rows]) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def _overshoot_line(shape, chip, topology: str) -> str:
+    from jaxsent.training.plan import describe_bytes
+
+    where = f"on {topology} ({describe_bytes(chip.hbm_bytes)} HBM per {chip.name} chip)"
+    if shape.error is not None:  # the compiler refused it; its message says by how much
+        return f"does not fit: {shape.name} {where}: {shape.error}"
+    return (
+        f"does not fit: {shape.name} {where}: needs {describe_bytes(shape.bytes['peak'])} per "
+        f"chip, {describe_bytes(shape.overshoot)} over"
+    )
+
+
+def main(argv):
+    del argv
+    setup_process()
+    import jax
+
+    # Compile times are a result here: no persistent cache hit may shorten them.
+    jax.config.update("jax_enable_compilation_cache", False)
+    from jaxsent.training import plan as plan_lib
+    from jaxsent.training.config_check import check_config
+
+    config = FLAGS.config
+    chip = plan_lib.chip_for(FLAGS.topology)
+    devices = plan_lib.topology_devices(FLAGS.topology)
+    check_config(config, num_devices=len(devices))
+    planner = plan_lib.Planner(config, FLAGS.topology)
+    hosts, multiple = planner.hosts, planner.batch_multiple
+    for name in ("train.global_batch_size", "train.eval_batch_size"):
+        value = config.train[name.split(".")[1]]
+        if value % multiple:
+            raise ValueError(
+                f"config.{name}={value}: must be a multiple of {multiple} (the data axis "
+                f"{planner.mesh.shape['data']} and the {hosts} host(s) of {FLAGS.topology})"
+            )
+    print(
+        f"{FLAGS.topology}: {planner.chips} {chip.name} chips, {hosts} host(s), mesh "
+        f"{dict(planner.mesh.shape)}, strategy {config.mesh.strategy}; {config.model.name}: "
+        f"{planner.params:,} parameters, compute {config.model.dtype}, remat "
+        f"{config.model.get('remat', 'none')}, scan_layers {config.model.get('scan_layers', False)}"
+    )
+
+    max_batch = None
+    if FLAGS.max_batch:
+        lengths = plan_lib.bucket_shapes(config, all_shapes=FLAGS.all_shapes)
+        limit = (1 - plan_lib.HEADROOM_FRACTION) * chip.hbm_bytes
+
+        def fits(batch: int) -> bool:
+            for length in reversed(lengths):
+                shape = planner.compile_shape("train", batch, length)
+                print(
+                    f"  try {shape.name}: peak {plan_lib.describe_bytes(shape.bytes['peak'])} "
+                    f"({shape.compile_seconds:.0f} s)",
+                    flush=True,
+                )
+                if not shape.fits or shape.bytes["peak"] > limit:
+                    return False
+            return True
+
+        max_batch, _ = plan_lib.find_max_batch(
+            fits, multiple=multiple, start=int(config.train.global_batch_size)
+        )
+        if max_batch:
+            print(
+                f"max batch: {max_batch} ({max_batch // planner.mesh.shape['data']} per data "
+                f"shard) leaves >= {plan_lib.HEADROOM_FRACTION:.0%} of HBM free; "
+                f"{max_batch + multiple} does not"
+            )
+    shapes = planner.plan(all_shapes=FLAGS.all_shapes, train_batch=max_batch or None)
+    print(_table(plan_lib.summary_rows(shapes)))
+    result = {
+        "topology": FLAGS.topology,
+        "chip": chip.name,
+        "chips": planner.chips,
+        "hosts": hosts,
+        "hbm_bytes": chip.hbm_bytes,
+        "params": planner.params,
+        "fits": all(s.fits for s in shapes) and max_batch != 0,
+        "shapes": [s.to_json() for s in shapes],
+    }
+    if FLAGS.max_batch:
+        result["max_batch"] = max_batch
+    if FLAGS.output:
+        with open(FLAGS.output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    if max_batch == 0:
+        print(
+            f"does not fit: no global batch fits with {plan_lib.HEADROOM_FRACTION:.0%} of HBM "
+            f"free on {FLAGS.topology}, not even {multiple}"
+        )
+        sys.exit(EXIT_DOES_NOT_FIT)
+    for shape in shapes:
+        if not shape.fits:
+            print(_overshoot_line(shape, chip, FLAGS.topology))
+            sys.exit(EXIT_DOES_NOT_FIT)
+    print(f"fits: every shape on {FLAGS.topology}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
