@@ -42,5 +42,8 @@ fmt: setup-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise start the TPU
+# runtime, and two xdist workers doing so at once collide on /tmp/libtpu_lockfile. TPU topology
+# compilation (tests/test_plan.py) works under it.
 test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 --dist loadfile

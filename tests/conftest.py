@@ -9,6 +9,9 @@ import os
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# With libtpu installed (test extra), JAX would start the TPU runtime in every process, and two
+# pytest-xdist workers collide on /tmp/libtpu_lockfile; TPU topology compilation works on CPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
