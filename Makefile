@@ -44,6 +44,7 @@ fmt: setup-test
 
 # JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise start the TPU
 # runtime, and two xdist workers doing so at once collide on /tmp/libtpu_lockfile. TPU topology
-# compilation (tests/test_plan.py) works under it.
+# compilation (tests/test_plan.py) works under it; ALLOW_MULTIPLE_LIBTPU_LOAD lets processes that
+# only compile share libtpu.
 test: lint
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 --dist loadfile
+	JAX_PLATFORMS=cpu ALLOW_MULTIPLE_LIBTPU_LOAD=1 $(BIN)/python -m pytest -n 2 --dist loadfile

@@ -11,7 +11,10 @@ import pytest
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # With libtpu installed (test extra), JAX would start the TPU runtime in every process, and two
 # pytest-xdist workers collide on /tmp/libtpu_lockfile; TPU topology compilation works on CPU.
+# Describing a topology still takes libtpu's lock: tests/test_plan.py compiles in its worker and in
+# `python -m train.plan` subprocesses at once, which this allows.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -21,9 +21,11 @@ import json
 import os
 import sys
 
-# Plan on the CPU: on a TPU VM this leaves the chips to the run; here it keeps two processes from
-# both starting the TPU runtime (they collide on /tmp/libtpu_lockfile).
+# Plan on the CPU: on a TPU VM this leaves the chips to the run. libtpu still takes its
+# multi-process lock to describe a topology, so two plans at once (or a plan beside a test process)
+# would collide on /tmp/libtpu_lockfile; compiling needs no exclusive TPU, so allow several.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
