@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from jaxsent.models import bert, bert_params, from_pretrained
@@ -58,14 +59,15 @@ def _perturbed(model, seed=0):
     return model.eval()
 
 
-def _batch(batch=3, length=13, seed=0):
+def _batch(batch=3, length=13, seed=0, inner_pad=True):
     """Right-padded with the pad id (as the batcher pads); row 2 also has a pad id inside."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(PAD + 1, TINY["vocab_size"], (batch, length)).astype(np.int32)
     lengths = np.array([length, 5, 9, 1][:batch])
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
     ids = np.where(mask == 1, ids, PAD).astype(np.int32)
-    ids[2, 4] = PAD  # HF counts positions from the ids: a pad id inside is skipped
+    if inner_pad:
+        ids[2, 4] = PAD  # HF counts positions from the ids: a pad id inside is skipped
     return ids, mask
 
 
@@ -168,3 +170,102 @@ def test_pad_id_outside_the_position_table_is_named():
                 "pad_token_id": 40,
             }
         )
+
+
+def test_loss_and_gradients_of_a_training_step_match(tiny):
+    """Masked-mean BCE through the encoder: loss and every gradient within 1e-4 relative."""
+    _, hf, ours = tiny
+    # No pad id among the real tokens: torch's nn.Embedding(padding_idx=...) zeroes the pad
+    # row's gradient, which only a pad id the mask calls real would feed (padded positions
+    # reach no loss term, so both sides give the pad rows a zero gradient here).
+    ids, mask = _batch(seed=3, inner_pad=False)
+    w = np.random.default_rng(4).normal(size=(TINY["hidden_size"],)).astype(np.float32)
+    labels = np.array([1.0, 0.0, 1.0], np.float32)
+
+    def loss_jax(model):
+        out = model(jnp.asarray(ids), attention_mask=jnp.asarray(mask), deterministic=True)
+        m = jnp.asarray(mask, jnp.float32)[..., None]
+        logits = (out.last_hidden_state * m).sum(1) / m.sum(1) @ w + out.pooler_output @ w
+        return _bce(logits, labels)
+
+    hf.zero_grad()
+    out = hf(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
+    m = torch.tensor(mask, dtype=torch.float32)[..., None]
+    tw = torch.tensor(w)
+    logits = (out.last_hidden_state * m).sum(1) / m.sum(1) @ tw + out.pooler_output @ tw
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(labels))
+    ref.backward()
+    loss, grads = nnx.value_and_grad(loss_jax)(ours)
+    assert abs(float(loss) - ref.item()) <= TOL * abs(ref.item())
+    ours_grads = bert_params.export_tensors(nnx.merge(nnx.graphdef(ours), grads))
+    for name, p in hf.named_parameters():
+        ref_grad = p.grad.numpy()
+        if name.endswith("attention.self.key.bias"):
+            # Zero in exact arithmetic (softmax ignores q.b_k, the same for every key of a
+            # row): both sides hold rounding noise, so only its size is checked.
+            assert max(np.abs(ref_grad).max(), np.abs(ours_grads[name]).max()) < 1e-6
+            continue
+        scale = np.abs(ref_grad).max()
+        assert scale > 0, name
+        err = np.abs(ours_grads[name] - ref_grad).max() / scale
+        assert err <= TOL, f"{name}: relative gradient error {err:.3g}"
+
+
+def _bce(logits, labels):
+    return jnp.mean(jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits))))
+
+
+# --- byte-level BPE tokenizer: truncation keeps <s> ... </s> --------------------------------
+
+
+def byte_level_tokenizer():
+    """A tiny RoBERTa-style tokenizer (byte-level BPE, <s> text </s>), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    corpus = ["a quietly devastating film, I loved it", "dull and long", "not bad at all"] * 20
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+
+
+@pytest.mark.parametrize("truncation, head_fraction", [("head", 0.25), ("head_tail", 0.25)])
+def test_truncation_keeps_byte_level_special_tokens(truncation, head_fraction):
+    from jaxsent.data import encode_texts
+
+    tokenizer = byte_level_tokenizer()
+    text = " ".join(f"film{i} dull" for i in range(40))  # far longer than 16 tokens
+    full = tokenizer(text)["input_ids"]
+    assert full[0] == 0 and full[-1] == 2 and len(full) > 40
+    encoded = encode_texts(
+        tokenizer,
+        [text, "not bad"],
+        max_length=16,
+        truncation=truncation,
+        head_fraction=head_fraction,
+    )
+    ids = encoded.input_ids[0]
+    assert len(ids) == 16 and ids[0] == 0 and ids[-1] == 2
+    content, budget = full[1:-1], 14
+    head = budget if truncation == "head" else round(head_fraction * budget)
+    assert ids[1:-1] == content[:head] + content[len(content) - (budget - head) :]
+    if truncation == "head":
+        assert ids == tokenizer(text, truncation=True, max_length=16)["input_ids"]
+    assert encoded.input_ids[1] == tokenizer("not bad")["input_ids"]
