@@ -119,10 +119,3 @@ def checkpoint_arrays(workdir, step):
     with ocp.CheckpointManager(epath.Path(workdir) / "checkpoints") as manager:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return jax.tree.map(np.asarray, restored["state"])
-
-
-def train_tiny_run(model_dir, workdir, *overrides: str) -> Path:
-    """A finished tiny training run in ``workdir``."""
-    result = run(train_command(model_dir, workdir, *overrides))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return Path(workdir)

@@ -4,7 +4,11 @@ Eight virtual CPU devices let the sharding tests build real meshes on a CPU-only
 The flag must be set before jax is imported anywhere, hence here and at module top.
 """
 
+import dataclasses
+import fcntl
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -20,22 +24,72 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def once_per_session(tmp_path_factory, name: str, make) -> Path:
+    """The folder ``make(folder)`` filled, made once per test session and shared.
+
+    Under pytest-xdist each worker is its own process with its own session fixtures; the
+    session's temporary folder (the parent of every worker's) and a file lock make the first
+    worker that asks build the folder while any other waits for it, so a training run used by
+    test files on both workers is trained once. A failed build leaves no mark, so the next
+    caller tries again. What it returns is shared: read it, or copy it before changing it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    """The tiny random BERT classifier saved as a model folder (see tests/tiny_models.py)."""
+    """The tiny random BERT classifier saved as a model folder (see tests/tiny_models.py).
+
+    One path for the whole session: a run records it, and a resumed run must name the same.
+    """
     from tiny_models import save_tiny_model_dir
 
-    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
+    return once_per_session(tmp_path_factory, "tiny_model", save_tiny_model_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    workdir: Path
+    stdout: str
+    stderr: str
 
 
 @pytest.fixture(scope="session")
-def run_dir(model_dir, tmp_path_factory):
-    """A finished `python -m train` run of the tiny model (8 steps, validation every 4)."""
-    from cli_runs import train_tiny_run
+def reference_run(model_dir, tmp_path_factory) -> FinishedRun:
+    """`cli_runs.command` trained to the end (8 steps, validation every 4, checkpoints every 2):
+    the uninterrupted run that resumed, bucket and copied runs must reproduce. Shared by every
+    test file and worker: never write into it (copy it first)."""
+    from cli_runs import command, run
 
-    return train_tiny_run(
-        model_dir,
-        tmp_path_factory.mktemp("run"),
-        "--config.train.eval_every_steps=4",
-        "--config.train.log_every_steps=4",
+    def train(folder: Path) -> None:
+        result = run(command(model_dir, folder / "workdir"))
+        assert result.returncode == 0, result.stderr[-4000:]
+        (folder / "stdout.txt").write_text(result.stdout)
+        (folder / "stderr.txt").write_text(result.stderr)
+
+    folder = once_per_session(tmp_path_factory, "reference", train)
+    return FinishedRun(
+        folder / "workdir",
+        (folder / "stdout.txt").read_text(),
+        (folder / "stderr.txt").read_text(),
     )
+
+
+@pytest.fixture(scope="session")
+def run_dir(reference_run, tmp_path_factory):
+    """A finished `python -m train` run of the tiny model (8 steps, validation every 4).
+
+    This worker's own copy of `reference_run` (the tests using it write into it, e.g.
+    `train.evaluate`'s default output folder); a copy is a whole run, checkpoints included.
+    """
+    return Path(shutil.copytree(reference_run.workdir, tmp_path_factory.mktemp("run") / "run"))

@@ -90,12 +90,10 @@ def gcs():
 
 
 @pytest.fixture(scope="module")
-def local_reference(model_dir, tmp_path_factory):
-    """The uninterrupted run on local disk that the bucket runs must reproduce."""
-    workdir = tmp_path_factory.mktemp("reference")
-    result = run(command(model_dir, workdir), timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir
+def local_reference(reference_run):
+    """The uninterrupted run on local disk that the bucket runs must reproduce (conftest.py's,
+    shared with tests/test_train_cli.py)."""
+    return reference_run.workdir
 
 
 @pytest.fixture(scope="module")

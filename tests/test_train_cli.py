@@ -1,5 +1,7 @@
-"""`python -m train` end to end on a tiny random BERT: outputs, exact resume after SIGKILL,
-graceful SIGTERM, refusal to resume under a changed config, damaged checkpoints."""
+"""`python -m train` end to end on a tiny random BERT: outputs, exact resume after SIGKILL and
+after a graceful SIGTERM, refusal to resume under a changed config, damaged checkpoints.
+
+The uninterrupted run they are compared with is conftest.py's session-wide `reference_run`."""
 
 import json
 import shutil
@@ -7,7 +9,6 @@ import signal
 
 import jax
 import numpy as np
-import pytest
 from cli_runs import (
     NUM_STEPS,
     checkpoint_arrays,
@@ -19,16 +20,8 @@ from cli_runs import (
 )
 
 
-@pytest.fixture(scope="module")
-def reference_run(model_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("reference")
-    result = run(command(model_dir, workdir), timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir, result
-
-
 def test_run_writes_the_documented_workdir(reference_run):
-    workdir, result = reference_run
+    workdir = reference_run.workdir
     for name in (
         "config.json",
         "metrics.jsonl",
@@ -55,13 +48,24 @@ def test_run_writes_the_documented_workdir(reference_run):
     assert sorted(train_rows(workdir)) == list(range(1, NUM_STEPS + 1))
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["num_steps"] == NUM_STEPS
-    assert "accuracy:" in result.stdout and "NOTE:" in result.stdout
-    assert f"python -m train.predict --model {workdir} --text" in result.stdout
-    assert "after scaling" in result.stdout and (workdir / "export" / "config.json").is_file()
+    stdout = reference_run.stdout
+    assert "accuracy:" in stdout and "NOTE:" in stdout
+    assert f"python -m train.predict --model {workdir} --text" in stdout
+    assert "after scaling" in stdout and (workdir / "export" / "config.json").is_file()
+
+
+def _assert_same_run(workdir, reference):
+    """Every logged loss, the last checkpoint's arrays and the final report, exactly."""
+    assert train_rows(workdir) == train_rows(reference)
+    ours, theirs = checkpoint_arrays(workdir, NUM_STEPS), checkpoint_arrays(reference, NUM_STEPS)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+    assert json.loads((workdir / "eval_results.json").read_text()) == json.loads(
+        (reference / "eval_results.json").read_text()
+    )
 
 
 def test_sigkill_then_resume_is_bit_identical(reference_run, model_dir, tmp_path):
-    reference, _ = reference_run
+    reference = reference_run.workdir
     workdir = tmp_path / "killed"
     proc = start(command(model_dir, workdir))
     try:
@@ -72,15 +76,10 @@ def test_sigkill_then_resume_is_bit_identical(reference_run, model_dir, tmp_path
     assert proc.returncode == -signal.SIGKILL
     resumed = run(command(model_dir, workdir), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert train_rows(workdir) == train_rows(reference)  # every logged loss, exactly
-    ours, theirs = checkpoint_arrays(workdir, NUM_STEPS), checkpoint_arrays(reference, NUM_STEPS)
-    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
-    assert json.loads((workdir / "eval_results.json").read_text()) == json.loads(
-        (reference / "eval_results.json").read_text()
-    )
+    _assert_same_run(workdir, reference)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_resumable(model_dir, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_resumes_bit_identical(reference_run, model_dir, tmp_path):
     workdir = tmp_path / "term"
     proc = start(command(model_dir, workdir))
     wait_for_step(workdir, 1, proc)
@@ -89,20 +88,23 @@ def test_sigterm_saves_a_checkpoint_and_exits_resumable(model_dir, tmp_path):
     assert proc.returncode == 75, output[-3000:]
     assert "Rerun the same command to resume" in output
     stopped_at = max(train_rows(workdir))
-    assert (workdir / "checkpoints" / str(stopped_at)).is_dir()
+    assert stopped_at < NUM_STEPS and (workdir / "checkpoints" / str(stopped_at)).is_dir()
     resumed = run(command(model_dir, workdir), timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"resumed from step {stopped_at}" in resumed.stderr
+    _assert_same_run(workdir, reference_run.workdir)
 
 
-def test_changed_config_is_refused(reference_run, model_dir):
-    workdir, _ = reference_run
+def test_changed_config_is_refused(reference_run, model_dir, tmp_path):
+    workdir = tmp_path / "changed"
+    shutil.copytree(reference_run.workdir, workdir)
     result = run(command(model_dir, workdir, "--config.train.global_batch_size=32"), timeout=600)
     assert result.returncode != 0
     assert "cannot resume" in result.stderr and "train.global_batch_size" in result.stderr
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(reference_run, model_dir, tmp_path):
-    reference, _ = reference_run
+    reference = reference_run.workdir
     workdir = tmp_path / "damaged"
     shutil.copytree(reference, workdir)
     # Keep checkpoints up to step 6, as if the run had been killed after saving step 6, then
