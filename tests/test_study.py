@@ -1,7 +1,9 @@
 """`python -m train.study` end to end on a tiny random BERT: 2 loss presets x 2 seeds, killed after
 its first run and started again (finished runs are skipped), and its summary checked against an
-independent computation from the runs' own result files."""
+independent computation from the runs' own result files; and a paired comparison of the committed
+IMDB study (docs/study/imdb) recomputed from its archived prediction files."""
 
+import csv
 import json
 import signal
 import textwrap
@@ -11,8 +13,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from cli_runs import module, run, start
+from cli_runs import ROOT, module, run, start
+from etils import epath
 from scipy import stats as scipy_stats
+
+from jaxsent import stats
+from jaxsent.study import summary as study_summary
+from jaxsent.study.runner import PlannedRun
 
 pytestmark = pytest.mark.slow
 
@@ -251,3 +258,75 @@ def test_archive_restores_the_study_elsewhere(study, tmp_path):
     original = json.loads((workdir / "summary.json").read_text())
     assert ours["variants"] == original["variants"]
     assert ours["comparisons"] == original["comparisons"]
+
+
+ARCHIVE = ROOT / "docs" / "study" / "imdb"  # the committed IMDB study (3 seeds, 2,000 reviews)
+
+
+def _archived_run(variant: str, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(eval_results, logits, labels) of one archived run, its rows ordered by example id."""
+    folder = ARCHIVE / variant / f"seed_{seed}"
+    with open(folder / "predictions.csv", newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda row: int(row["example_id"]))
+    logits = np.array([np.float32(row["logit"]) for row in rows])  # written from float32
+    labels = np.array([int(row["label"]) for row in rows])
+    ids = [int(row["example_id"]) for row in rows]
+    assert ids == sorted(set(ids)) and len(ids) == 2000
+    return json.loads((folder / "eval_results.json").read_text()), logits, labels
+
+
+@pytest.mark.parametrize("variant, metric", [("length_only", "accuracy"), ("focal_seed", "nll_ts")])
+def test_an_archived_comparison_is_recomputed_from_the_prediction_files(variant, metric):
+    """A row of docs/study/imdb/summary.json, from the archived predictions: the difference by
+    NumPy in float64, and the row itself by `stats.paired_bootstrap` on every seed's pair (the
+    same examples for both sides, logits divided by each run's own temperature for `_ts`)."""
+    summary = json.loads((ARCHIVE / "summary.json").read_text())
+    study = json.loads((ARCHIVE / "study.json").read_text())
+    baseline = study["baseline"]
+    row = next(
+        c
+        for c in summary["comparisons"]
+        if (c["eval_set"], c["variant"], c["baseline"], c["metric"])
+        == ("eval", variant, baseline, metric)
+    )
+    assert row["n_seeds"] == len(study["seeds"]) == 3
+    sides = {
+        name: [_archived_run(name, seed) for seed in study["seeds"]] for name in (variant, baseline)
+    }
+    labels = sides[baseline][0][2]
+    scaled = metric.endswith("_ts")
+
+    def logits_and_labels(name):
+        out = []
+        for results, logits, y in sides[name]:
+            np.testing.assert_array_equal(y, labels)  # the same examples, paired by id
+            out.append((logits / results["temperature"] if scaled else logits, y))
+        return out
+
+    def float64_metric(logits, y):
+        z = np.asarray(logits, np.float64)
+        if metric == "accuracy":
+            return np.mean((z > 0) == (y == 1))
+        return np.mean(np.logaddexp(0.0, np.where(y == 1, -z, z)))  # binary NLL
+
+    ours, theirs = logits_and_labels(variant), logits_and_labels(baseline)
+    difference = np.mean(
+        [float64_metric(*a) - float64_metric(*b) for a, b in zip(ours, theirs, strict=True)]
+    )
+    # The summary's metrics are float32 means over 2,000 examples (~1e-7 relative each).
+    assert row["difference"] == pytest.approx(difference, abs=1e-6)
+    result = stats.paired_bootstrap(
+        metric.removesuffix("_ts"), ours, theirs, num_resamples=row["num_resamples"], seed=0
+    )
+    # Today's study code on the archive, as `train.study --report_only --archive` reads it.
+    runs = [
+        PlannedRun(name, seed, epath.Path(ARCHIVE / name / f"seed_{seed}"), None)
+        for name in (variant, baseline)
+        for seed in study["seeds"]
+    ]
+    (current,) = study_summary.compare(
+        runs, variant, baseline, metrics=(metric,), num_resamples=row["num_resamples"]
+    )
+    # The same function on the same float32 inputs: the summary's numbers exactly.
+    for key in ("difference", "ci_low", "ci_high", "p_value"):
+        assert result[key] == row[key] == current[key], key
