@@ -28,21 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxsent.models.bert import SUPPORTED_ACTIVATIONS, Dropout
+from jaxsent.models.bert import REMAT_POLICIES, SUPPORTED_ACTIVATIONS, Dropout
 
 __all__ = [
     "LAYER_TYPES",
     "ModernBertConfig",
+    "ModernBertEncoder",
     "ModernBertModel",
     "ModernBertOutput",
-    "REMAT_OPTIONS",
     "rotary_cos_sin",
 ]
 
 GLOBAL, LOCAL = "full_attention", "sliding_attention"
 LAYER_TYPES = (GLOBAL, LOCAL)
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn", "einsum")
-REMAT_OPTIONS = ("none", "full")
 
 
 def default_layer_types(num_layers: int, every: int = 3) -> tuple[str, ...]:
@@ -413,6 +412,62 @@ class ModernBertLayer(nnx.Module):
         return x + self.mlp(self.mlp_norm(x), **kw)
 
 
+class ModernBertEncoder(nnx.Module):
+    """The blocks, ``self.layers`` (as ``BertModel.encoder``: the stack that ``set_layout``
+    re-lays out).
+
+    Args:
+      config, dtype, attention_impl, rngs: as in :class:`ModernBertModel`.
+      remat: what the backward pass recomputes, a key of
+        :data:`jaxsent.models.bert.REMAT_POLICIES` (``"none"``, ``"full"``, ``"dots"``).
+      scan_layers: not implemented for ModernBERT (its blocks differ: the first has no
+        attention norm; local and global blocks alternate); ``True`` raises.
+    """
+
+    def __init__(
+        self,
+        config: ModernBertConfig,
+        *,
+        dtype,
+        attention_impl=None,
+        remat: str = "none",
+        scan_layers: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.layers = nnx.List(
+            [
+                ModernBertLayer(config, i, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+                for i in range(config.num_hidden_layers)
+            ]
+        )
+        self.set_layout(remat=remat, scan_layers=scan_layers)
+
+    def set_layout(self, *, remat: str, scan_layers: bool) -> None:
+        """Sets how the blocks run (the same function, the same parameters)."""
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        if scan_layers:
+            raise NotImplementedError(
+                "scan_layers=True is not implemented for ModernBERT (its blocks are not "
+                "identical: the first has no attention norm; local and global ones alternate)"
+            )
+        self.remat = remat
+        self.scan_layers = False
+
+    def __call__(self, x, masks, ropes, *, deterministic=None, rngs=None):
+        """Args: x [B, L, H]; masks and ropes by layer type. Returns: [B, L, H]."""
+
+        def block(layer, x, mask, cos, sin, rngs):
+            return layer(x, mask, cos, sin, deterministic=deterministic, rngs=rngs)
+
+        if self.remat != "none":
+            block = nnx.remat(block, policy=REMAT_POLICIES[self.remat])
+        for layer in self.layers:
+            kind = LOCAL if layer.local else GLOBAL
+            x = block(layer, x, masks[kind], *ropes[kind], rngs)
+        return x
+
+
 class ModernBertModel(nnx.Module):
     """ModernBERT encoder: embeddings, pre-norm blocks, final LayerNorm.
 
@@ -424,10 +479,7 @@ class ModernBertModel(nnx.Module):
         ``jax.nn.dot_product_attention`` with a boolean mask that combines padding and the
         local window; ``"einsum"`` the explicit form (always used while attention dropout is
         on); ``"cudnn"`` the fused GPU kernel (right padding only; untested here, no GPU).
-      remat: ``"none"`` or ``"full"`` (recompute each block in the backward pass, saving its
-        activations' memory).
-      scan_layers: not implemented for ModernBERT (its blocks differ: the first has no
-        attention norm, local and global blocks alternate); ``True`` raises.
+      remat, scan_layers: the layout of the blocks (see :class:`ModernBertEncoder`).
       rngs: parameter initialisation keys. Dropout keys are passed at call time.
     """
 
@@ -445,22 +497,16 @@ class ModernBertModel(nnx.Module):
             raise ValueError(
                 f"attention_impl={attention_impl!r}; expected one of {ATTENTION_IMPLEMENTATIONS}"
             )
-        if remat not in REMAT_OPTIONS:
-            raise ValueError(f"remat={remat!r}; expected one of {REMAT_OPTIONS}")
-        if scan_layers:
-            raise NotImplementedError(
-                "scan_layers=True is not implemented for ModernBERT (its blocks are not "
-                "identical: the first has no attention norm; local and global ones alternate)"
-            )
         self.config = config
         self.dtype = dtype
-        self.remat = remat
         self.embeddings = ModernBertEmbeddings(config, dtype=dtype, rngs=rngs)
-        self.layers = nnx.List(
-            [
-                ModernBertLayer(config, i, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-                for i in range(config.num_hidden_layers)
-            ]
+        self.encoder = ModernBertEncoder(
+            config,
+            dtype=dtype,
+            attention_impl=attention_impl,
+            remat=remat,
+            scan_layers=scan_layers,
+            rngs=rngs,
         )
         self.final_norm = _layer_norm(config, dtype, rngs)
 
@@ -510,20 +556,11 @@ class ModernBertModel(nnx.Module):
         pos = np.arange(length)
         window = np.abs(pos[:, None] - pos[None, :]) <= config.window  # a static [L, L]
         local_mask = global_mask & jnp.asarray(window)[None, None]
+        masks = {GLOBAL: global_mask, LOCAL: local_mask}
         ropes = {
             GLOBAL: rotary_cos_sin(length, config.head_dim, config.global_rope_theta),
             LOCAL: rotary_cos_sin(length, config.head_dim, config.local_rope_theta),
         }
-
-        def block(layer, x, mask, cos, sin, rngs):
-            return layer(x, mask, cos, sin, deterministic=deterministic, rngs=rngs)
-
-        if self.remat == "full":
-            block = nnx.remat(block)
         x = self.embeddings(input_ids, deterministic=deterministic, rngs=rngs)
-        for layer in self.layers:
-            mask, (cos, sin) = (local_mask, ropes[LOCAL]) if layer.local else (
-                global_mask, ropes[GLOBAL]
-            )  # fmt: skip
-            x = block(layer, x, mask, cos, sin, rngs)
+        x = self.encoder(x, masks, ropes, deterministic=deterministic, rngs=rngs)
         return ModernBertOutput(last_hidden_state=self.final_norm(x))

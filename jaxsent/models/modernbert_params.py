@@ -65,14 +65,14 @@ def _linear(hf: str, ours: str, kernel, bias) -> list[ParamRule]:
 PARAM_RULES: tuple[ParamRule, ...] = (
     ParamRule("embeddings.tok_embeddings.weight", "embeddings/tok_embeddings/embedding", AS_IS),
     *_norm("embeddings.norm", "embeddings/norm"),
-    *_norm("layers.{i}.attn_norm", "layers/{i}/attn_norm"),
+    *_norm("layers.{i}.attn_norm", "encoder/layers/{i}/attn_norm"),
     # [3*heads*head_dim, H] <-> [H, 3, heads, head_dim]; bias [3*H] <-> [3, heads, head_dim].
-    *_linear("layers.{i}.attn.Wqkv", "layers/{i}/attn/Wqkv", HEADS_IN, HEADS_BIAS),
-    *_linear("layers.{i}.attn.Wo", "layers/{i}/attn/Wo", HEADS_OUT, AS_IS),
-    *_norm("layers.{i}.mlp_norm", "layers/{i}/mlp_norm"),
+    *_linear("layers.{i}.attn.Wqkv", "encoder/layers/{i}/attn/Wqkv", HEADS_IN, HEADS_BIAS),
+    *_linear("layers.{i}.attn.Wo", "encoder/layers/{i}/attn/Wo", HEADS_OUT, AS_IS),
+    *_norm("layers.{i}.mlp_norm", "encoder/layers/{i}/mlp_norm"),
     # [2*I, H] <-> [H, 2, I] (input half first, then gate); bias [2*I] <-> [2, I].
-    *_linear("layers.{i}.mlp.Wi", "layers/{i}/mlp/Wi", HEADS_IN, HEADS_BIAS),
-    *_linear("layers.{i}.mlp.Wo", "layers/{i}/mlp/Wo", DENSE, AS_IS),
+    *_linear("layers.{i}.mlp.Wi", "encoder/layers/{i}/mlp/Wi", HEADS_IN, HEADS_BIAS),
+    *_linear("layers.{i}.mlp.Wo", "encoder/layers/{i}/mlp/Wo", DENSE, AS_IS),
     *_norm("final_norm", "final_norm"),
 )
 
