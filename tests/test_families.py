@@ -134,3 +134,20 @@ def test_pickled_weights_are_refused_for_every_family(tmp_path):
     (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name", ["modernbert-base", "modernbert-large", "roberta-base", "roberta-large"]
+)
+def test_named_architectures_have_transformers_parameter_counts(name):
+    """Each named architecture builds, with as many parameters as transformers' model of the
+    same config.json (built on the meta device: shapes only)."""
+    from jaxsent.models import architectures, loading
+
+    raw = architectures.architecture_config(name)
+    config = loading.config_from_hf(raw)
+    abstract = nnx.eval_shape(lambda: loading.make_encoder(config, rngs=nnx.Rngs(0)))
+    ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    with torch.device("meta"):
+        hf = transformers.AutoModel.from_config(transformers.AutoConfig.for_model(**raw))
+    assert ours == sum(p.numel() for p in hf.parameters())
