@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from cli_runs import metrics_rows, read_json, run, train_command
+from cli_runs import DATA_DIR, metrics_rows, read_json, run, train_command
 
 from jaxsent import calibration, reporting
 from jaxsent.export import read_settings
@@ -141,6 +141,7 @@ def _validation_temperature(workdir, tmp_path) -> tuple[float, int, np.ndarray]:
     assert trained.source == "checkpoint"
     settings, _ = read_settings(workdir / "export")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    config.data.data_dir = DATA_DIR  # where the run's subprocess found it
     splits = loop.load_splits(config, trained.tokenizer)[0]
     scorer = Scorer(
         trained.model,
