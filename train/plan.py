@@ -43,7 +43,14 @@ flags.DEFINE_bool(
     "max_batch",
     False,
     "Find the largest global batch (a multiple of the data axis) whose train shapes fit with "
-    "10% of HBM to spare, by bisection on compiles, and plan at that batch.",
+    "--headroom of HBM to spare, by bisection on compiles, and plan at that batch.",
+)
+flags.DEFINE_float(
+    "headroom",
+    0.10,
+    "With --max_batch: the fraction of each chip's HBM to leave free (0.10 = 10%).",
+    lower_bound=0.0,
+    upper_bound=1.0,
 )
 flags.mark_flags_as_required(["config", "topology"])
 
@@ -115,27 +122,32 @@ def main(argv):
     max_batch = None
     if FLAGS.max_batch:
         lengths = plan_lib.bucket_shapes(config, all_shapes=FLAGS.all_shapes)
-        limit = (1 - plan_lib.HEADROOM_FRACTION) * chip.hbm_bytes
+        limit = (1 - FLAGS.headroom) * chip.hbm_bytes
 
-        def fits(batch: int) -> bool:
+        def measure(batch: int) -> list:
+            plans = []
             for length in reversed(lengths):
-                shape = planner.compile_shape("train", batch, length)
+                plans.append(planner.compile_shape("train", batch, length))
+                shape = plans[-1]
                 print(
                     f"  try {shape.name}: peak {plan_lib.describe_bytes(shape.bytes['peak'])} "
                     f"({shape.compile_seconds:.0f} s)",
                     flush=True,
                 )
                 if not shape.fits or shape.bytes["peak"] > limit:
-                    return False
-            return True
+                    break  # a shorter length cannot rescue this batch
+            return plans
 
         max_batch, _ = plan_lib.find_max_batch(
-            fits, multiple=multiple, start=int(config.train.global_batch_size)
+            measure,
+            multiple=multiple,
+            start=int(config.train.global_batch_size),
+            limit_bytes=limit,
         )
         if max_batch:
             print(
                 f"max batch: {max_batch} ({max_batch // planner.mesh.shape['data']} per data "
-                f"shard) leaves >= {plan_lib.HEADROOM_FRACTION:.0%} of HBM free; "
+                f"shard) leaves >= {FLAGS.headroom:.0%} of HBM free; "
                 f"{max_batch + multiple} does not"
             )
     shapes = planner.plan(all_shapes=FLAGS.all_shapes, train_batch=max_batch or None)
@@ -158,7 +170,7 @@ def main(argv):
             f.write("\n")
     if max_batch == 0:
         print(
-            f"does not fit: no global batch fits with {plan_lib.HEADROOM_FRACTION:.0%} of HBM "
+            f"does not fit: no global batch fits with {FLAGS.headroom:.0%} of HBM "
             f"free on {FLAGS.topology}, not even {multiple}"
         )
         sys.exit(EXIT_DOES_NOT_FIT)

@@ -392,6 +392,7 @@ class Planner:
         model, _ = nnx.merge(steps.eval_graphdef, steps.rng_state, state)
         self.model_config = model.config
         self.params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        self._plans: dict[tuple[str, int, int], ShapePlan] = {}
 
     @property
     def chips(self) -> int:
@@ -403,7 +404,16 @@ class Planner:
         return math.lcm(self.mesh.shape["data"], self.hosts)
 
     def compile_shape(self, step: str, global_batch: int, length: int) -> ShapePlan:
-        """Compiles one step (``"train"`` or ``"eval"``) for one batch shape and reports it."""
+        """Compiles one step (``"train"`` or ``"eval"``) for one batch shape and reports it.
+
+        A shape already compiled is not compiled again: its first report is returned.
+        """
+        key = (step, global_batch, length)
+        if key not in self._plans:
+            self._plans[key] = self._compile_shape(step, global_batch, length)
+        return self._plans[key]
+
+    def _compile_shape(self, step: str, global_batch: int, length: int) -> ShapePlan:
         fn = self.steps.train_step_fn if step == "train" else self.steps.eval_step_fn
         batch = abstract_batch(global_batch, length, self.mesh)
         flops_model = model_flops(
@@ -477,64 +487,66 @@ class Planner:
         return [self.compile_shape(*shape) for shape in shapes]
 
 
+def _peak(plans: list[ShapePlan]) -> float | None:
+    peaks = [p.bytes["peak"] for p in plans]
+    return None if any(p is None for p in peaks) else max(peaks)
+
+
 def find_max_batch(
-    fits: Callable[[int], ShapePlan | bool],
+    measure: Callable[[int], list[ShapePlan]],
     *,
     multiple: int,
     start: int,
-    limit: int = 1 << 20,
-) -> tuple[int, dict[int, Any]]:
-    """The largest multiple of ``multiple`` for which ``fits`` holds, by bisection.
+    limit_bytes: float,
+    largest: int = 1 << 20,
+) -> tuple[int, dict[int, list[ShapePlan]]]:
+    """The largest multiple of ``multiple`` whose every shape fits under ``limit_bytes``.
 
-    ``fits(batch)`` is assumed monotone (true up to some batch, false above). From ``start``
-    (rounded to a multiple), the search doubles until a batch fails, then bisects between the
-    last batch that fits and the first that does not.
-
-    Args:
-      fits: batch -> whether it fits (anything truthy counts).
-      multiple: the step between candidate batches (the data axis and the host count).
-      start: the first batch tried.
-      limit: the largest batch tried.
+    A batch fits when every plan ``measure(batch)`` returns fits in HBM with a peak of at most
+    ``limit_bytes``; fitting is assumed monotone in the batch. After ``start`` (rounded to a
+    multiple) and its double (or half), a secant through their peaks (memory grows about linearly
+    with the batch) guesses the boundary, and the guess and its neighbour usually bracket it;
+    then the search doubles (or halves) until a batch fits and a larger one does not, and bisects
+    between them. Every step is a compile.
 
     Returns:
-      ``(batch, probes)``: the largest fitting batch (0 when even ``multiple`` does not fit)
-      and every batch tried with what ``fits`` returned.
+      ``(batch, probes)``: the largest fitting batch (0 when even ``multiple`` does not fit) and
+      the plans of every batch tried.
     """
-    probes: dict[int, Any] = {}
+    probes: dict[int, list[ShapePlan]] = {}
+    top = max(1, largest // multiple)
+    good, bad = 0, None  # in units of `multiple`: the largest that fits, the smallest that not
 
     def probe(k: int) -> bool:
+        nonlocal good, bad
         if k not in probes:
-            probes[k] = fits(k * multiple)
-        return bool(probes[k])
-
-    k = max(1, start // multiple)
-    if probe(k):
-        good, bad = k, None
-        while bad is None:
-            nxt = min(2 * good, limit // multiple)
-            if nxt == good:
-                return good * multiple, {b * multiple: p for b, p in probes.items()}
-            if probe(nxt):
-                good = nxt
-            else:
-                bad = nxt
-    else:
-        good, bad = 0, k
-        while good == 0 and bad > 1:
-            nxt = bad // 2
-            if probe(nxt):
-                good = nxt
-            else:
-                bad = nxt
-        if good == 0:
-            return 0, {b * multiple: p for b, p in probes.items()}
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if probe(mid):
-            good = mid
+            probes[k] = measure(k * multiple)
+        ok = all(p.fits and p.bytes["peak"] <= limit_bytes for p in probes[k])
+        if ok:
+            good = max(good, k)
         else:
-            bad = mid
-    return good * multiple, {b * multiple: p for b, p in probes.items()}
+            bad = k if bad is None else min(bad, k)
+        return ok
+
+    k0 = min(max(1, start // multiple), top)
+    k1 = min(2 * k0, top) if probe(k0) else max(1, k0 // 2)
+    probe(k1)
+    p0, p1 = _peak(probes[k0]), _peak(probes[k1])
+    if p0 is not None and p1 is not None and p0 != p1 and k0 != k1:
+        slope = (p1 - p0) / (k1 - k0)
+        k = int(k0 + (limit_bytes - p0) / slope) if slope > 0 else top
+        k = min(max(1, k), top)
+        if probe(k) and k < top:
+            probe(k + 1)
+        elif k > 1:
+            probe(k - 1)
+    while bad is None and good < top:
+        probe(min(2 * good, top))
+    while good == 0 and bad > 1:
+        probe(bad // 2)
+    while bad is not None and bad - good > 1:
+        probe((good + bad) // 2)
+    return good * multiple, {k * multiple: plans for k, plans in sorted(probes.items())}
 
 
 def describe_bytes(n: int | None) -> str:

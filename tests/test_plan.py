@@ -1,0 +1,352 @@
+"""`python -m train.plan`: the run's steps compiled for TPU topologies by libtpu, on this CPU.
+
+Tiny models (two layers, width 32) keep each compile to seconds. The model folders hold only a
+config.json: a plan needs no weights.
+"""
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import jax
+import pytest
+from cli_runs import command, metrics_rows, module, run, train_rows
+from tiny_models import tiny_config
+
+from configs import smoke
+from jaxsent.training import plan as plan_lib
+
+pytestmark = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("libtpu") is None, reason="libtpu not installed"
+)
+
+BATCH = 16  # a multiple of every data axis below (16 chips of v5e:4x4 under dp)
+LENGTH = 32
+
+
+def _model_folder(directory: Path, **overrides) -> Path:
+    """A folder with only the tiny model's config.json (``overrides`` change its fields)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = tiny_config(**overrides).to_hf_dict()
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return _model_folder(tmp_path_factory.mktemp("tiny_arch"))
+
+
+def _config(model_name, *, strategy="dp", model_axis=1, scan_layers=False, remat="none"):
+    config = smoke.get_config()
+    config.model.name = str(model_name)
+    config.model.scan_layers = scan_layers
+    config.model.remat = remat
+    config.mesh.strategy = strategy
+    config.mesh.model = model_axis
+    config.data.max_length = LENGTH
+    config.train.global_batch_size = BATCH
+    config.train.eval_batch_size = BATCH
+    return config
+
+
+def _state_bytes(planner: plan_lib.Planner) -> int:
+    leaves = jax.tree.leaves((planner.state_args, planner.rng_args))
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+
+
+def _batch_bytes(planner: plan_lib.Planner) -> int:
+    batch = plan_lib.abstract_batch(BATCH, LENGTH, planner.mesh)
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in batch.values())
+
+
+# v5e:2x2 is one host of 4 chips; v5e:4x4 is 16 chips on 4 hosts. The multi-host plans use
+# scan_layers (one layer body) to keep the compile short; v5e:2x2 compiles the unrolled layers.
+@pytest.mark.parametrize(
+    "topology, hosts, scan_layers", [("v5e:2x2", 1, False), ("v5e:4x4", 4, True)]
+)
+@pytest.mark.parametrize(
+    "strategy, model_axis, collective",
+    [("dp", 1, "all-reduce"), ("fsdp", 1, "all-gather"), ("tp", 2, "all-reduce")],
+)
+def test_train_and_eval_steps_compile_for_tpu_topologies(
+    tiny_folder, topology, hosts, scan_layers, strategy, model_axis, collective
+):
+    config = _config(tiny_folder, strategy=strategy, model_axis=model_axis, scan_layers=scan_layers)
+    planner = plan_lib.Planner(config, topology)
+    assert planner.hosts == hosts
+    assert planner.mesh.devices.flat[0].device_kind == "TPU v5 lite"
+    train, evaluation = planner.plan(all_shapes=False)
+    assert (train.step, train.global_batch, train.length) == ("train", BATCH, LENGTH)
+    assert (evaluation.step, evaluation.global_batch) == ("eval", BATCH)
+    for shape in (train, evaluation):
+        assert shape.fits and shape.error is None
+        assert 0 < shape.bytes["peak"] < plan_lib.CHIPS["v5e"].hbm_bytes
+        assert shape.flops > 0 and shape.bytes_accessed > 0
+        assert 0 < shape.mfu_bound <= 1
+    # Gradients are reduced over the data axis (dp), weights gathered where used (fsdp), partial
+    # sums reduced over the model axis (tp).
+    assert train.collectives[collective]["count"] >= 1
+    assert train.collectives[collective]["bytes"] > 0
+
+
+def test_fsdp_shards_the_state_over_the_chips(tiny_folder):
+    fsdp = plan_lib.Planner(_config(tiny_folder, strategy="fsdp"), "v5e:2x4")
+    dp = plan_lib.Planner(_config(tiny_folder, strategy="dp"), "v5e:2x4")
+    total = _state_bytes(fsdp)
+    assert total == _state_bytes(dp)
+    fsdp_args = fsdp.compile_shape("train", BATCH, LENGTH).bytes["arguments"]
+    dp_args = dp.compile_shape("train", BATCH, LENGTH).bytes["arguments"]
+    per_chip_batch = _batch_bytes(fsdp) / fsdp.chips
+    assert fsdp_args <= 1.1 * total / fsdp.chips + per_chip_batch
+    # The bound can fail: replicated (dp) parameters and moments take the whole state per chip.
+    assert dp_args >= total
+
+
+def test_collectives_count_each_iteration_of_a_scan():
+    hlo = """HloModule m
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %p = (s32[], f32[8]) parameter(0)
+  %c = s32[] constant(12)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%p), index=1
+  %ag = f32[32]{0:T(128)} all-gather(%x), dimensions={0}
+  %ar-start = f32[8]{0} all-reduce-start(%x), to_apply=%add
+  %ar-done = f32[8]{0} all-reduce-done(%ar-start)
+  ROOT %t = (s32[], f32[8]) tuple(%i, %x)
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %a = f32[8]{0} parameter(0)
+  %w = (s32[], f32[8]) while(%t0), condition=%cond, body=%body
+  %r = bf16[4,8]{1,0} all-reduce(%b), to_apply=%add
+  ROOT %o = f32[8]{0} get-tuple-element(%w), index=1
+}
+"""
+    assert plan_lib.collectives(hlo) == {
+        "all-gather": {"count": 12, "bytes": 12 * 32 * 4},
+        "all-reduce": {"count": 12 + 1, "bytes": 12 * 8 * 4 + 4 * 8 * 2},
+    }
+
+
+def test_model_flops_are_six_n_t_plus_attention():
+    config = tiny_config()
+    n = 2 * (4 * 32 * 32 + 2 * 32 * 64)  # q, k, v, out and the feed-forward pair, 2 layers
+    attention = 4 * 2 * 3 * LENGTH * LENGTH * 32  # 4 layers B L^2 H, B = 3
+    assert plan_lib.model_flops(config, step="eval", global_batch=3, length=LENGTH) == (
+        2 * n * 3 * LENGTH + attention
+    )
+    assert plan_lib.model_flops(config, step="train", global_batch=3, length=LENGTH) == 3 * (
+        2 * n * 3 * LENGTH + attention
+    )
+
+
+def _plan(*args, tmp_path):
+    output = tmp_path / "plan.json"
+    result = run(module("train.plan", "--config", "configs/smoke.py", *args, "--output", output))
+    return result, output
+
+
+def test_a_config_that_cannot_fit_exits_1_naming_the_shape(tmp_path):
+    # 50M x 32 embeddings: parameters and AdamW moments alone exceed a v5e chip's 16 GiB.
+    huge = _model_folder(tmp_path / "huge", vocab_size=50_000_000)
+    result, output = _plan(
+        "--topology=v5e:2x2",
+        f"--config.model.name={huge}",
+        f"--config.data.max_length={LENGTH}",
+        f"--config.train.global_batch_size={BATCH}",
+        f"--config.train.eval_batch_size={BATCH}",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"does not fit: train {BATCH} x {LENGTH} on v5e:2x2"), last
+    assert re.search(r"RESOURCE_EXHAUSTED|over", last), last
+    plan = json.loads(output.read_text())
+    assert plan["fits"] is False and plan["shapes"][0]["fits"] is False
+    assert plan["params"] > 1.6e9
+
+
+def test_plan_json_has_the_documented_fields(tiny_folder, tmp_path):
+    result, output = _plan(
+        "--topology=v5e:2x2",
+        f"--config.model.name={tiny_folder}",
+        f"--config.data.max_length={LENGTH}",
+        f"--config.train.global_batch_size={BATCH}",
+        f"--config.train.eval_batch_size={BATCH}",
+        "--config.model.scan_layers=True",
+        "--all_shapes",
+        "--config.data.num_buckets=2",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads(output.read_text())
+    assert set(plan) == {
+        "topology",
+        "chip",
+        "chips",
+        "hosts",
+        "hbm_bytes",
+        "params",
+        "fits",
+        "shapes",
+    }
+    assert (plan["topology"], plan["chip"], plan["chips"], plan["hosts"]) == (
+        "v5e:2x2",
+        "v5e",
+        4,
+        1,
+    )
+    assert plan["hbm_bytes"] == 16 * 2**30 and plan["fits"] is True
+    # --all_shapes without data: the evenly spaced ladder, ceil(32 k / 2) for k = 1, 2.
+    assert [(s["step"], s["length"]) for s in plan["shapes"]] == [
+        ("train", 32),
+        ("train", 16),
+        ("eval", 32),
+        ("eval", 16),
+    ]
+    assert set(plan["shapes"][0]) == {
+        "step",
+        "global_batch",
+        "length",
+        "bytes",
+        "fits",
+        "flops",
+        "bytes_accessed",
+        "model_flops",
+        "roofline_seconds",
+        "mfu_bound",
+        "collectives",
+        "compile_seconds",
+    }
+    assert set(plan["shapes"][0]["bytes"]) == {
+        "arguments",
+        "outputs",
+        "temporaries",
+        "code",
+        "peak",
+    }
+    assert result.stdout.strip().splitlines()[-1] == "fits: every shape on v5e:2x2"
+
+
+def test_max_batch_fits_and_the_next_multiple_does_not(tiny_folder, tmp_path):
+    # Leaving all but 0.15% (25.8 MiB) of a chip's HBM free puts the tiny model's largest batch
+    # at a few sequences per chip, where every compile takes seconds (the default 10% would take
+    # batches of ~10^5 sequences, whose compiles take minutes).
+    headroom = 0.9985
+    result, output = _plan(
+        "--topology=v5e:2x2",
+        f"--config.model.name={tiny_folder}",
+        f"--config.data.max_length={LENGTH}",
+        "--config.train.global_batch_size=4",
+        "--config.train.eval_batch_size=4",
+        "--max_batch",
+        f"--headroom={headroom}",
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    batch = json.loads(output.read_text())["max_batch"]
+    assert batch > 0 and batch % 4 == 0
+    planner = plan_lib.Planner(_config(tiny_folder), "v5e:2x2")
+    limit = (1 - headroom) * plan_lib.CHIPS["v5e"].hbm_bytes
+    fitting = planner.compile_shape("train", batch, LENGTH)
+    assert fitting.fits and fitting.bytes["peak"] <= limit
+    above = planner.compile_shape("train", batch + 4, LENGTH)
+    assert not above.fits or above.bytes["peak"] > limit
+
+
+def test_find_max_batch_bisects_to_the_boundary():
+    def measure(batch):
+        peak = 1000 + 7 * batch**1.2  # monotone, not linear: the guess alone is not enough
+        shape = plan_lib.ShapePlan(
+            "train",
+            batch,
+            8,
+            dict(arguments=1000, outputs=0, temporaries=peak - 1000, code=0, peak=peak),
+            True,
+            10**9,
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+            {},
+            0.0,
+        )
+        return [shape]
+
+    for start in (8, 800, 100_000):
+        batch, probes = plan_lib.find_max_batch(measure, multiple=8, start=start, limit_bytes=5e4)
+        assert batch % 8 == 0
+        assert 1000 + 7 * batch**1.2 <= 5e4 < 1000 + 7 * (batch + 8) ** 1.2
+        assert len(probes) <= 20
+
+
+def test_bad_arguments_exit_2_in_one_line(tiny_folder, tmp_path):
+    for args in (
+        ["--topology=v9:2x2"],
+        ["--topology=v5e:3x7"],
+        ["--topology=v5e:2x2", "--config.train.global_batch_size=6"],
+    ):
+        result, _ = _plan(*args, f"--config.model.name={tiny_folder}", tmp_path=tmp_path)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, result.stderr[-2000:]
+        assert args[-1].split("=")[0].lstrip("-") in errors[0] or "topology" in errors[0]
+
+
+# --- the levers change no logged loss, and resume works with them ------------------------------
+
+
+@pytest.mark.slow
+def test_remat_and_scan_layers_log_the_same_losses_and_resume(model_dir, tmp_path):
+    reference = tmp_path / "reference"
+    scanned = tmp_path / "scan_dots"
+    rematted = tmp_path / "remat_full"
+    scan_levers = ("--config.model.scan_layers=True", "--config.model.remat=dots")
+    for workdir, levers in (
+        (reference, ()),
+        (scanned, scan_levers),
+        (rematted, ("--config.model.remat=full",)),
+    ):
+        result = run(command(model_dir, workdir, *levers))
+        assert result.returncode == 0, result.stderr[-4000:]
+    expected = train_rows(reference)
+    assert sorted(expected) == list(range(1, 9))
+    for workdir in (scanned, rematted):
+        got = train_rows(workdir)
+        # Same dropout masks and data; only the order of float32 sums may differ (scan and remat
+        # change XLA's fusions): 8 steps agree to 1e-5 relative, far below what one skipped or
+        # different update moves the loss (~1e-2 here).
+        assert got.keys() == expected.keys()
+        for step, loss in expected.items():
+            assert got[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), (workdir.name, step)
+
+    # Resume under scan_layers: drop every checkpoint after step 4, rerun the same command.
+    steps_before = {r["step"] for r in metrics_rows(scanned) if r["split"] == "train"}
+    for folder in ("checkpoints", "best"):
+        for entry in (scanned / folder).iterdir():
+            if entry.name.isdigit() and int(entry.name) > 4:
+                shutil.rmtree(entry)
+    shutil.rmtree(scanned / "export", ignore_errors=True)
+    result = run(command(model_dir, scanned, *scan_levers))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "resumed from step 4" in result.stderr
+    resumed = train_rows(scanned)  # the rerun's rows for steps 5..8 are the last logged
+    assert steps_before == set(resumed)
+    for step in range(5, 9):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    # The export stays in the per-layer Hugging Face layout.
+    from jaxsent.models import SentimentClassifier
+
+    exported = SentimentClassifier.from_pretrained(scanned / "export")
+    assert exported.encoder.encoder.scan_layers is False
+    assert len(exported.encoder.encoder.layers) == 2
