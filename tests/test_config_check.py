@@ -30,9 +30,32 @@ def model_folder(tmp_path) -> Path:
     """A folder with only the config.json fields the checks read (12 heads, 512 positions)."""
     folder = tmp_path / "model"
     folder.mkdir()
-    config = {"num_attention_heads": 12, "max_position_embeddings": 512}
+    config = {"model_type": "bert", "num_attention_heads": 12, "max_position_embeddings": 512}
     (folder / "config.json").write_text(json.dumps(config))
     return folder
+
+
+def _folder_with(tmp_path, **config) -> Path:
+    folder = tmp_path / "other_model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_roberta_reads_two_positions_less_than_its_table(tmp_path):
+    # RoBERTa's positions start past padding_idx=1: a 514-row table reads 512 tokens.
+    folder = _folder_with(
+        tmp_path, model_type="roberta", max_position_embeddings=514, pad_token_id=1
+    )
+    check_config(_config(folder, **{"data.max_length": 512}), num_devices=1)
+    with pytest.raises(ConfigError, match=r"^config\.data\.max_length=513: .*\(512, "):
+        check_config(_config(folder, **{"data.max_length": 513}), num_devices=1)
+
+
+def test_an_unsupported_model_type_is_named(tmp_path):
+    folder = _folder_with(tmp_path, model_type="gpt2")
+    with pytest.raises(ConfigError, match=r"^config\.model\.name=.*model_type='gpt2'.*'bert'"):
+        check_config(_config(folder), num_devices=1)
 
 
 def _config(model_folder: Path, **fields) -> ml_collections.ConfigDict:

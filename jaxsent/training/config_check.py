@@ -35,7 +35,7 @@ import numpy as np
 from jaxsent import losses, metrics, sharding, storage
 from jaxsent.data import preprocess
 from jaxsent.data.sources import DATA_DIR_ENV, KNOWN_DATASETS
-from jaxsent.models import POOLINGS, bert_params
+from jaxsent.models import POOLINGS, bert_params, loading
 from jaxsent.models.architectures import ARCHITECTURES
 from jaxsent.training.optim import SCHEDULES
 
@@ -258,6 +258,16 @@ def _read_model_config(name: str) -> dict[str, Any] | None:
     return None
 
 
+def _model_type_problem(raw: dict[str, Any] | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        loading.model_type_of(raw)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
@@ -272,8 +282,9 @@ def _model_name(value, ctx: _Context) -> str | None:
             return str(err)
         return None
     if os.path.isdir(value):
-        has_config = os.path.isfile(os.path.join(value, "config.json"))
-        return None if has_config else "is a folder without config.json"
+        if not os.path.isfile(os.path.join(value, "config.json")):
+            return "is a folder without config.json"
+        return _model_type_problem(ctx.model_config)
     if value in ARCHITECTURES:  # weights from the hub id it describes; plans need none
         return None
     looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1
@@ -464,13 +475,19 @@ def _mesh_heads(ctx: _Context) -> ConfigError | None:
 
 
 def _max_length_positions(ctx: _Context) -> ConfigError | None:
-    max_length, shape = ctx.get("data.max_length"), ctx.model_config
-    positions = (shape or {}).get("max_position_embeddings")
-    if _is_int(positions) and max_length > positions:
+    max_length, raw = ctx.get("data.max_length"), ctx.model_config
+    if raw is None:
+        return None
+    try:
+        limit = loading.config_from_hf(raw).max_length
+    except (ValueError, TypeError):  # an unreadable config: the model's own check names it
+        return None
+    if max_length > limit:
         return ConfigError(
             "data.max_length",
             max_length,
-            f"must be <= the model's max_position_embeddings ({positions})",
+            f"must be <= the longest sequence the model reads ({limit}, from its "
+            f"max_position_embeddings={raw.get('max_position_embeddings')})",
         )
     return None
 
