@@ -92,9 +92,15 @@ def test_train_and_eval_steps_compile_for_tpu_topologies(
     assert train.collectives[collective]["bytes"] > 0
 
 
-def test_fsdp_shards_the_state_over_the_chips(tiny_folder):
-    fsdp = plan_lib.Planner(_config(tiny_folder, strategy="fsdp"), "v5e:2x4")
-    dp = plan_lib.Planner(_config(tiny_folder, strategy="dp"), "v5e:2x4")
+def test_fsdp_shards_the_state_over_the_chips(tmp_path):
+    # Width 256: the TPU's tiled layouts pad each small replicated array (LayerNorm scales,
+    # biases) to at least a (8, 128) tile, about 0.15 MB in all here; at width 32 that padding
+    # alone is 10% of a chip's share.
+    folder = _model_folder(
+        tmp_path / "w256", hidden_size=256, intermediate_size=1024, num_attention_heads=4
+    )
+    fsdp = plan_lib.Planner(_config(folder, strategy="fsdp"), "v5e:2x4")
+    dp = plan_lib.Planner(_config(folder, strategy="dp"), "v5e:2x4")
     total = _state_bytes(fsdp)
     assert total == _state_bytes(dp)
     fsdp_args = fsdp.compile_shape("train", BATCH, LENGTH).bytes["arguments"]
