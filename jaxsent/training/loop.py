@@ -503,7 +503,8 @@ def validate(run: Run, step: int) -> None:
         values = evaluation.scalar_metrics(predictions["logits"], predictions["labels"])
     run.writer.write(step, "validation", values)
     score = values[tc.best_metric]
-    if run.best is None or (score > run.best if tc.best_mode == "max" else score < run.best):
+    # On a tie the newest step is the best, as orbax's best-checkpoint manager keeps it.
+    if run.best is None or (score >= run.best if tc.best_mode == "max" else score <= run.best):
         run.best = score
         run.best_validation = (step, predictions)
     run.ckpts.save_best(step, run.state, run.checkpoint_meta(step), values)
