@@ -13,9 +13,12 @@ from pathlib import Path
 import jax
 import pytest
 from cli_runs import command, metrics_rows, module, run, train_rows
+from flax import nnx
 from tiny_models import tiny_config
 
 from configs import smoke
+from jaxsent.models import ModernBertConfig
+from jaxsent.models.modernbert import ModernBertModel
 from jaxsent.training import plan as plan_lib
 
 pytestmark = pytest.mark.skipif(
@@ -90,6 +93,30 @@ def test_train_and_eval_steps_compile_for_tpu_topologies(
     # sums reduced over the model axis (tp).
     assert train.collectives[collective]["count"] >= 1
     assert train.collectives[collective]["bytes"] > 0
+
+
+@pytest.mark.parametrize("strategy, model_axis", [("fsdp", 1), ("tp", 2)])
+def test_a_modernbert_plans_from_its_config_json(tmp_path, strategy, model_axis):
+    # Local and global layers, a window shorter than the sequence, no pooler: the same planner.
+    raw = ModernBertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        local_attention=8,
+    ).to_hf_dict()
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    config = _config(tmp_path, strategy=strategy, model_axis=model_axis, remat="full")
+    planner = plan_lib.Planner(config, "v5e:2x2")
+    train, evaluation = planner.plan(all_shapes=False)
+    assert train.fits and evaluation.fits
+    encoder = ModernBertModel(ModernBertConfig.from_hf(raw), rngs=nnx.Rngs(0))
+    encoder_params = sum(x.size for x in jax.tree.leaves(nnx.state(encoder, nnx.Param)))
+    assert planner.params == encoder_params + 32 + 1  # + the head's kernel and bias
+    # GeGLU: Wqkv 3H^2, Wo H^2, Wi H x 2I, Wo I x H per layer; local layers (2 of 3) attend to
+    # 2 * 4 + 1 keys of the 32.
+    assert plan_lib.matmul_params(planner.model_config) == 3 * (4 * 32 * 32 + 3 * 32 * 48)
 
 
 def test_fsdp_shards_the_state_over_the_chips(tmp_path):

@@ -9,6 +9,7 @@ program is the trained one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -21,7 +22,7 @@ import optax
 from flax import nnx
 
 from jaxsent import losses, sharding
-from jaxsent.models import SentimentClassifier, bert, bert_params
+from jaxsent.models import SentimentClassifier, bert, bert_params, loading
 from jaxsent.models.architectures import ARCHITECTURES, architecture_config
 from jaxsent.training.optim import make_optimizer
 from jaxsent.training.steps import StepFunctions, build_steps, make_steps, trainable_filter
@@ -44,7 +45,7 @@ def _has_pooler(directory: str, model_type: str | None) -> bool:
         return any(names.canonical(k).startswith("pooler.") for k in f.keys())
 
 
-def encoder_config(name: str) -> bert.BertConfig:
+def encoder_config(name: str) -> loading.Config:
     """The encoder architecture of ``config.model.name``, without reading any weights.
 
     Args:
@@ -53,10 +54,11 @@ def encoder_config(name: str) -> bert.BertConfig:
         is fetched, or read from the hub cache).
 
     Returns:
-      The config (with a pooler unless a local checkpoint's weights have none).
+      The family's config (a BERT-family one with a pooler unless a local checkpoint's weights
+      have none).
     """
     if name in ARCHITECTURES:
-        return bert.BertConfig.from_hf(architecture_config(name))
+        return loading.config_from_hf(architecture_config(name))
     if os.path.isdir(name) or name in bert_params.SHORT_NAMES:
         directory = bert_params.resolve(name)
         path = os.path.join(directory, "config.json")
@@ -74,7 +76,12 @@ def encoder_config(name: str) -> bert.BertConfig:
         directory = os.path.dirname(path)
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
-    return bert.BertConfig.from_hf(raw, use_pooler=_has_pooler(directory, raw.get("model_type")))
+    config = loading.config_from_hf(raw)
+    if isinstance(config, bert.BertConfig):  # ModernBERT has no pooler
+        config = dataclasses.replace(
+            config, use_pooler=_has_pooler(directory, raw.get("model_type"))
+        )
+    return config
 
 
 def build_model(config: ml_collections.ConfigDict, *, pretrained: bool = True):

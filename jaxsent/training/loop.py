@@ -55,6 +55,8 @@ RESUME_KEYS = (
     "train.global_batch_size",
     "mesh.strategy",
 )
+# The value a key added to RESUME_KEYS later had in the checkpoints written before it.
+RESUME_KEY_DEFAULTS = {"model.scan_layers": False}
 
 
 @dataclasses.dataclass
@@ -480,12 +482,9 @@ def resume(run: Run) -> int:
     if run.ckpts.latest_step() is None:
         return 0
     run.state, meta = run.ckpts.restore_latest(run.state)
-    if meta["fingerprint"] != run.fingerprint:
-        changed = {
-            k: (meta["fingerprint"].get(k), v)
-            for k, v in run.fingerprint.items()
-            if meta["fingerprint"].get(k) != v
-        }
+    stored = RESUME_KEY_DEFAULTS | meta["fingerprint"]
+    if stored != run.fingerprint:
+        changed = {k: (stored.get(k), v) for k, v in run.fingerprint.items() if stored.get(k) != v}
         raise ValueError(
             f"{run.workdir} holds a run with another config; cannot resume "
             f"(checkpoint value, new value): {changed}. Use a new --workdir."

@@ -27,6 +27,7 @@ from flax import nnx
 
 from jaxsent import data as data_lib
 from jaxsent import sharding
+from jaxsent.models import modernbert
 from jaxsent.training.build import training_steps
 from jaxsent.training.steps import abstract_arguments
 
@@ -127,25 +128,36 @@ def topology_devices(topology: str) -> list[Any]:
 def matmul_params(config) -> int:
     """Weights every token multiplies through: the encoder layers' kernels.
 
-    Per layer: query, key, value and attention output (4 H^2) and the feed-forward pair
-    (2 H I). Embeddings are lookups, and the pooler and head act once per sequence.
+    Per layer: query, key, value and attention output (4 H^2) and the feed-forward pair: 2 H I
+    for BERT's, 3 H I for ModernBERT's GeGLU (its input projection is H x 2I). Embeddings are
+    lookups, and the pooler and head act once per sequence.
     """
     hidden, inter = config.hidden_size, config.intermediate_size
-    return config.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * inter)
+    feed_forward = (3 if isinstance(config, modernbert.ModernBertConfig) else 2) * hidden * inter
+    return config.num_hidden_layers * (4 * hidden * hidden + feed_forward)
+
+
+def _attended_keys(config, length: int) -> int:
+    """Keys per query, summed over the layers: ``L`` each, at most ``2 w + 1`` in a local layer."""
+    if not isinstance(config, modernbert.ModernBertConfig):
+        return config.num_hidden_layers * length
+    local = min(length, 2 * config.window + 1)
+    return sum(length if t == modernbert.GLOBAL else local for t in config.layer_types)
 
 
 def model_flops(config, *, step: str, global_batch: int, length: int) -> float:
     """Analytic FLOPs of one step over the whole batch (padding included).
 
     Forward: ``2 N T`` for the matmul weights (N = `matmul_params`, T = batch x length tokens)
-    plus ``4 layers B L^2 H`` for attention (scores and their product with the values). A train
-    step adds the backward pass, twice the forward: ``6 N T + 12 layers B L^2 H`` (Kaplan et al.
-    2020; PaLM's MFU, Chowdhery et al. 2022, appendix B). Recomputation under remat is not model
-    FLOPs.
+    plus ``4 B L K H`` for attention (scores and their product with the values), where K is the
+    keys a query attends to, summed over the layers (``layers x L``; a ModernBERT local layer
+    counts only its window). A train step adds the backward pass, twice the forward:
+    ``6 N T + 12 B L K H`` (Kaplan et al. 2020; PaLM's MFU, Chowdhery et al. 2022, appendix B).
+    Recomputation under remat is not model FLOPs.
     """
     tokens = global_batch * length
     forward = 2 * matmul_params(config) * tokens + (
-        4 * config.num_hidden_layers * global_batch * length * length * config.hidden_size
+        4 * global_batch * length * _attended_keys(config, length) * config.hidden_size
     )
     return float(3 * forward if step == "train" else forward)
 
