@@ -276,6 +276,16 @@ def screen_rows(
     )
 
 
+def _check_tokenizing(tokenizer, max_length, truncation: str, head_fraction: float) -> None:
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    check_truncation(truncation, head_fraction)
+    if getattr(tokenizer, "is_fast", False) is not True:
+        raise ValueError(
+            f"tokenizer must be a fast (Rust) tokenizer, got {type(tokenizer).__name__}"
+        )
+
+
 def tokenize_rows(
     rows: ScreenedRows,
     tokenizer,
@@ -286,13 +296,7 @@ def tokenize_rows(
     head_fraction: float = 0.25,
 ) -> tuple[datasets.Dataset, PrepareReport]:
     """Cleans and tokenises screened rows; returns them with a report. See `prepare`."""
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
-    check_truncation(truncation, head_fraction)
-    if getattr(tokenizer, "is_fast", False) is not True:
-        raise ValueError(
-            f"tokenizer must be a fast (Rust) tokenizer, got {type(tokenizer).__name__}"
-        )
+    _check_tokenizing(tokenizer, max_length, truncation, head_fraction)
     ds = rows.ds
     extra = [c for c in ds.column_names if c not in ("text", "label")]
     tokenize = _Tokenize(
@@ -343,9 +347,7 @@ def prepare_with_report(
     head_fraction: float = 0.25,
 ) -> tuple[datasets.Dataset, PrepareReport]:
     """Validates, cleans and tokenises one split; returns it with a report. See `prepare`."""
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
-    check_truncation(truncation, head_fraction)
+    _check_tokenizing(tokenizer, max_length, truncation, head_fraction)  # before reading rows
     rows = screen_rows(
         ds, split_name=split_name, clean_markup=clean_markup, on_bad_rows=on_bad_rows
     )

@@ -103,19 +103,8 @@ def load_raw(
     if known is not None:
         text_column = text_column or known.text_column
         label_column = label_column or known.label_column
-        root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
-        if root:
-            folder = os.path.join(root, name_or_path)
-            if storage.is_remote(folder):
-                files = sorted(os.fspath(f) for f in epath.Path(folder).glob("*.parquet"))
-            else:
-                files = sorted(glob.glob(os.path.join(folder, "*.parquet")))
-            if not files:
-                raise ValueError(
-                    f"no *.parquet files for data set {name_or_path!r} in {folder!r} "
-                    f"(from data_dir={data_dir!r} / "
-                    f"${DATA_DIR_ENV}={os.environ.get(DATA_DIR_ENV)!r})"
-                )
+        files = _known_local_files(name_or_path, data_dir)
+        if files is not None:
             raw = _load_files("parquet", _files_by_split(files), split)
         else:
             raw = _load_hub(known, name_or_path, split)
@@ -147,23 +136,16 @@ def split_names(name_or_path: str, *, data_dir: str | None = None) -> list[str]:
     """
     known = KNOWN_DATASETS.get(name_or_path)
     if known is not None:
-        root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
-        if not root:
-            try:
-                return list(datasets.get_dataset_split_names(known.hub_path, known.hub_config))
-            except (ConnectionError, OSError) as err:
-                raise ConnectionError(
-                    f"could not list the splits of {name_or_path!r} ({known.hub_path!r}) on the "
-                    f"Hugging Face hub: {err}. Without hub access, set ${DATA_DIR_ENV}."
-                ) from err
-        folder = os.path.join(root, name_or_path)
-        if storage.is_remote(folder):
-            files = sorted(os.fspath(f) for f in epath.Path(folder).glob("*.parquet"))
-        else:
-            files = sorted(glob.glob(os.path.join(folder, "*.parquet")))
-        if not files:
-            raise ValueError(f"no *.parquet files for data set {name_or_path!r} in {folder!r}")
-        return sorted(_files_by_split(files))
+        files = _known_local_files(name_or_path, data_dir)
+        if files is not None:
+            return sorted(_files_by_split(files))
+        try:
+            return list(datasets.get_dataset_split_names(known.hub_path, known.hub_config))
+        except (ConnectionError, OSError) as err:
+            raise ConnectionError(
+                f"could not list the splits of {name_or_path!r} ({known.hub_path!r}) on the "
+                f"Hugging Face hub: {err}. Without hub access, set ${DATA_DIR_ENV}."
+            ) from err
     if os.path.exists(name_or_path) or (
         storage.is_remote(name_or_path) and epath.Path(name_or_path).exists()
     ):
@@ -172,6 +154,25 @@ def split_names(name_or_path: str, *, data_dir: str | None = None) -> list[str]:
         f"name_or_path={name_or_path!r} is neither a known data set "
         f"({', '.join(sorted(KNOWN_DATASETS))}) nor an existing file or directory"
     )
+
+
+def _known_local_files(name: str, data_dir: str | None) -> list[str] | None:
+    """A known data set's Parquet files under ``data_dir`` / ``$JAXSENT_DATA_DIR``; None if
+    neither is set (then it comes from the hub)."""
+    root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    if not root:
+        return None
+    folder = os.path.join(root, name)
+    if storage.is_remote(folder):
+        files = sorted(os.fspath(f) for f in epath.Path(folder).glob("*.parquet"))
+    else:
+        files = sorted(glob.glob(os.path.join(folder, "*.parquet")))
+    if not files:
+        raise ValueError(
+            f"no *.parquet files for data set {name!r} in {folder!r} (from data_dir={data_dir!r}"
+            f" / ${DATA_DIR_ENV}={os.environ.get(DATA_DIR_ENV)!r})"
+        )
+    return files
 
 
 def _load_hub(known: KnownDataset, name: str, split: str | None):
