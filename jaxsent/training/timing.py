@@ -68,7 +68,8 @@ class PhaseTimer:
             compile_seconds = self._compiled - compiled
             inner_elapsed, inner_compile = self._nested.pop()
             self._add(name, elapsed - inner_elapsed - (compile_seconds - inner_compile))
-            self._add(COMPILE, compile_seconds - inner_compile)
+            if compile_seconds > inner_compile:
+                self._add(COMPILE, compile_seconds - inner_compile)
             if self._nested:
                 self._nested[-1][0] += elapsed
                 self._nested[-1][1] += compile_seconds
