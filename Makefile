@@ -1,5 +1,5 @@
 # One command to set up and run the main job, one to set up and run the tests.
-#   make train   fine-tune MiniLM on IMDB with the focal loss and print the test metrics
+#   make train   fine-tune MiniLM on IMDB with plain BCE and print the test metrics
 #   make test    lint + format check, then the full test suite (what CI runs)
 #   make fmt     apply the house style (ruff lint fixes + ruff format)
 PYTHON ?= python3
