@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
     train.best_metric = "accuracy"
     train.best_mode = "max"
     train.max_checkpoints = 2
+    # Compile every bucket shape on a background thread while the first steps run, instead of
+    # pausing training at each new shape (same executables, same numbers).
+    train.compile_ahead = True
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1  # -1 = all devices not used by the model axis

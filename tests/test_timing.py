@@ -68,3 +68,22 @@ def test_a_real_jit_compile_is_counted():
     with PhaseTimer() as timer, timer.phase("run"):
         jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((17, 13))).block_until_ready()
     assert timer.seconds[COMPILE] > 0
+
+
+def test_compiles_on_another_thread_overlap_and_only_waiting_counts(clock):
+    import threading
+
+    from jaxsent.training.timing import COMPILE_AHEAD, COMPILE_WAIT_EVENT
+
+    with PhaseTimer() as timer, timer.phase("train"):
+        background = threading.Thread(target=compile_for, args=(30.0,))
+        background.start()
+        background.join()
+        clock(40.0)
+        jax.monitoring.record_event_duration_secs(COMPILE_WAIT_EVENT, 3.0)  # a step waited
+    phases = timer.as_dict()
+    assert (phases["train"], phases[COMPILE], phases[COMPILE_AHEAD]) == (37.0, 3.0, 30.0)
+    assert phases["total"] == 40.0  # the background compile overlapped: not added
+    assert timer.summary().endswith(
+        "total 40.0 (and 30.0 s of compiling on a background thread, beside the steps)"
+    )

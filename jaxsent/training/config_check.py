@@ -419,6 +419,7 @@ FIELDS: dict[str, Rule] = {
     "train.eval_batch_size": _batch_size,
     "train.num_epochs": _rule("int", _INT_GE0, lambda v: v >= 0),
     "train.num_steps": _rule("int", f"{_INT_GE0} (0 = train.num_epochs)", lambda v: v >= 0),
+    "train.compile_ahead": _rule("bool", "must be True or False"),
     "train.log_every_steps": _rule("int", _INT_GE1, lambda v: v >= 1),
     "train.eval_every_steps": _rule("int", f"{_INT_GE0} (0 = once per epoch)", lambda v: v >= 0),
     "train.checkpoint_every_steps": _rule("int", _INT_GE1, lambda v: v >= 1),

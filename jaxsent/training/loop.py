@@ -244,6 +244,18 @@ class BatchPlacer:
         }
 
 
+def eval_batch_plan(split: Split, *, batch_size: int, boundaries) -> list[data_lib.BatchSpec]:
+    """The batches that score `split`: row order within each bucket, shortest bucket first."""
+    return data_lib.batch_plan(
+        split.arrays.lengths,
+        global_batch_size=batch_size,
+        boundaries=boundaries,
+        shuffle=False,
+        seed=0,
+        epoch=0,
+    )
+
+
 def predict_split(
     steps: StepFunctions,
     state: nnx.State,
@@ -262,14 +274,7 @@ def predict_split(
       ``example_ids``, ``logits`` (float32), ``labels``, ``lengths`` (tokens the model read) and
       ``full_lengths`` (tokens of the whole texts), each ``[len(split)]``, in scoring order.
     """
-    plan = data_lib.batch_plan(
-        split.arrays.lengths,
-        global_batch_size=batch_size,
-        boundaries=boundaries,
-        shuffle=False,
-        seed=0,
-        epoch=0,
-    )
+    plan = eval_batch_plan(split, batch_size=batch_size, boundaries=boundaries)
     ids, logits_out = [], []
     for spec in plan:
         logits = steps.eval_step(state, place(split.arrays, spec))
@@ -551,6 +556,34 @@ class _TrainLog:
         return summary
 
 
+def train_batch_plan(run: Run, epoch: int) -> list[data_lib.BatchSpec]:
+    """Epoch `epoch`'s training batches (a function of the seed and the epoch alone)."""
+    return data_lib.batch_plan(
+        run.splits["train"].arrays.lengths,
+        global_batch_size=run.config.train.global_batch_size,
+        boundaries=run.boundaries,
+        shuffle=True,
+        seed=run.config.seed,
+        epoch=epoch,
+    )
+
+
+def step_shapes(run: Run, start_step: int) -> list[tuple[str, int, int]]:
+    """The ``(step, global batch, length)`` shapes the run uses from `start_step`, in order of
+    first use: this epoch's remaining training batches, then the validation and eval splits."""
+    tc = run.config.train
+    shapes = []
+    if start_step < run.total_steps:
+        epoch, index = divmod(start_step, run.steps_per_epoch)
+        plan = train_batch_plan(run, epoch)[index:]
+        shapes += [("train", tc.global_batch_size, spec.seq_len) for spec in plan]
+    for key, split in run.splits.items():
+        if key != "train":
+            plan = eval_batch_plan(split, batch_size=tc.eval_batch_size, boundaries=run.boundaries)
+            shapes += [("eval", tc.eval_batch_size, spec.seq_len) for spec in plan]
+    return list(dict.fromkeys(shapes))
+
+
 def train_steps(run: Run, start_step: int, stop: StopSignals) -> None:
     """Steps `start_step`..`total_steps` with logging, validation and checkpoints.
 
@@ -571,14 +604,7 @@ def train_steps(run: Run, start_step: int, stop: StopSignals) -> None:
         epoch, index = divmod(step, run.steps_per_epoch)
         if epoch not in plans:
             plans.clear()
-            plans[epoch] = data_lib.batch_plan(
-                run.splits["train"].arrays.lengths,
-                global_batch_size=tc.global_batch_size,
-                boundaries=run.boundaries,
-                shuffle=True,
-                seed=run.config.seed,
-                epoch=epoch,
-            )
+            plans[epoch] = train_batch_plan(run, epoch)
         batch = run.place(run.splits["train"].arrays, plans[epoch][index])
         run.state, step_metrics = run.steps.train_step(run.state, batch)
         train_log.pending.append(step_metrics)
@@ -752,6 +778,8 @@ def train_and_evaluate(
             try:
                 with timer.phase("load"):
                     start_step = resume(run)
+                    if config.train.compile_ahead:
+                        run.steps.compile_ahead(run.state, step_shapes(run, start_step), mesh)
                 with timer.phase("train"):
                     train_steps(run, start_step, stop)
                 with timer.phase("evaluate"):

@@ -22,14 +22,13 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from jaxsent import data as data_lib
 from jaxsent import sharding
 from jaxsent.models import modernbert
 from jaxsent.training.build import training_steps
-from jaxsent.training.steps import abstract_arguments
+from jaxsent.training.steps import abstract_arguments, abstract_batch
 
 __all__ = [
     "CHIPS",
@@ -292,24 +291,6 @@ def bucket_shapes(config: ml_collections.ConfigDict, *, all_shapes: bool) -> lis
     return list(
         data_lib.make_bucket_boundaries(max_length, num_buckets=int(config.data.num_buckets))
     )
-
-
-def abstract_batch(global_batch: int, length: int, mesh: jax.sharding.Mesh) -> dict[str, Any]:
-    """The batch a step receives, as shapes: what `jaxsent.data.make_batch` assembles.
-
-    Built by `make_batch` itself on a one-example data set, so the keys and dtypes are the
-    training loop's; sharded over ``data`` as the loop's `BatchPlacer` places it.
-    """
-    arrays = data_lib.token_arrays([[1]])
-    indices = np.full(global_batch, -1, dtype=np.int64)
-    indices[0] = 0
-    batch = data_lib.make_batch(arrays, data_lib.BatchSpec(indices=indices, seq_len=length))
-    batch.pop("example_id", None)
-    placement = sharding.batch_sharding(mesh)
-    return {
-        key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=placement)
-        for key, value in batch.items()
-    }
 
 
 # --- compiling -------------------------------------------------------------------------------

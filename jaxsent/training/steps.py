@@ -5,18 +5,30 @@ The model and optimiser live as one `nnx.State` pytree (`TrainState.state`) that
 checkpointable as plain arrays and explicitly sharded, and avoids `nnx.jit`'s per-call graph walk.
 Dropout keys are not state: each step reseeds the `dropout` stream with `fold_in(key, step)`, so a
 resumed run draws exactly the masks an uninterrupted run would.
+
+A run knows every batch shape it will use before its first step (the bucket lengths), so
+`StepFunctions.compile_ahead` compiles them on a background thread while the first steps run;
+a step whose shape is ready runs the ahead-of-time executable, which is what `jax.jit` would have
+compiled for it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+
+from jaxsent import data as data_lib
+from jaxsent import sharding
+from jaxsent.training.timing import COMPILE_WAIT_EVENT
 
 Batch = dict[str, jax.Array]
 LossFn = Callable[..., jax.Array]
@@ -31,12 +43,89 @@ class StepFunctions:
     rng_state: nnx.State
     train_step_fn: Callable[..., tuple[nnx.State, dict[str, jax.Array]]]
     eval_step_fn: Callable[..., jax.Array]
+    # ("train" | "eval", global batch, length) -> future executable, from `compile_ahead`.
+    ahead: dict[tuple[str, int, int], concurrent.futures.Future] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def train_step(self, state: nnx.State, batch: Batch) -> tuple[nnx.State, dict[str, jax.Array]]:
-        return self.train_step_fn(state, self.rng_state, batch)
+        return self._call("train", self.train_step_fn, state, batch)
 
     def eval_step(self, state: nnx.State, batch: Batch) -> jax.Array:
-        return self.eval_step_fn(state, self.rng_state, batch)
+        return self._call("eval", self.eval_step_fn, state, batch)
+
+    def _call(self, step: str, fn: Callable[..., Any], state: nnx.State, batch: Batch) -> Any:
+        future = self.ahead.get((step, *batch["input_ids"].shape))
+        if future is None:
+            return fn(state, self.rng_state, batch)
+        if not future.done():
+            start = time.perf_counter()
+            concurrent.futures.wait([future])
+            jax.monitoring.record_event_duration_secs(
+                COMPILE_WAIT_EVENT, time.perf_counter() - start
+            )
+        return future.result()(state, self.rng_state, batch)
+
+    def compile_ahead(
+        self,
+        state: nnx.State,
+        shapes: Iterable[tuple[str, int, int]],
+        mesh: jax.sharding.Mesh,
+    ) -> None:
+        """Compiles the steps for `shapes`, in order, on one background thread.
+
+        While the first steps run, XLA compiles the shapes still to come with the cycles the
+        step leaves idle: on 2 CPU cores, 4 MiniLM train shapes compiled beside training cost
+        the run 15 s instead of the 28 s of compiling them between steps. `train_step` and
+        `eval_step` then run the executables (waiting for one still compiling); other shapes
+        go through `jax.jit` as before. A compile error surfaces at the first step of its shape.
+
+        Args:
+          state: the run's state (only its shapes, dtypes and shardings are read).
+          shapes: ``("train" | "eval", global_batch, length)`` in order of first use; shapes
+            already submitted are skipped.
+          mesh: the mesh the steps run under.
+        """
+        state_args = jax.tree.map(_abstract_like, state)
+        rng_args = jax.tree.map(_abstract_like, self.rng_state)
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxsent-compile")
+        for step, global_batch, length in shapes:
+            key = (step, int(global_batch), int(length))
+            if key in self.ahead:
+                continue
+            fn = self.train_step_fn if step == "train" else self.eval_step_fn
+            batch = abstract_batch(key[1], key[2], mesh)
+            self.ahead[key] = executor.submit(_compile, fn, mesh, state_args, rng_args, batch)
+        executor.shutdown(wait=False)
+
+
+def _abstract_like(x: jax.Array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=x.sharding, weak_type=getattr(x, "weak_type", False)
+    )
+
+
+def _compile(fn, mesh: jax.sharding.Mesh, *args: Any) -> Any:
+    with jax.set_mesh(mesh):
+        return fn.lower(*args).compile()
+
+
+def abstract_batch(global_batch: int, length: int, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """The batch a step receives, as shapes: what `jaxsent.data.make_batch` assembles.
+
+    Built by `make_batch` itself on a one-example data set, so the keys and dtypes are the
+    training loop's; sharded over ``data`` as the loop's `BatchPlacer` places it.
+    """
+    arrays = data_lib.token_arrays([[1]])
+    indices = np.full(global_batch, -1, dtype=np.int64)
+    indices[0] = 0
+    batch = data_lib.make_batch(arrays, data_lib.BatchSpec(indices=indices, seq_len=length))
+    batch.pop("example_id", None)
+    placement = sharding.batch_sharding(mesh)
+    return {
+        key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=placement)
+        for key, value in batch.items()
+    }
 
 
 def trainable_filter(model: nnx.Module):
