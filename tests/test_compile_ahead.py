@@ -74,7 +74,9 @@ def test_a_run_without_compile_ahead_logs_the_same_numbers(reference_run, model_
     assert result.returncode == 0, result.stderr[-4000:]
 
     def numbers(folder):
-        return [{k: v for k, v in row.items() if "per_sec" not in k} for row in metrics_rows(folder)]
+        return [
+            {k: v for k, v in row.items() if "per_sec" not in k} for row in metrics_rows(folder)
+        ]
 
     assert numbers(workdir) == numbers(reference_run.workdir)
     ours, theirs = checkpoint_arrays(workdir, 8), checkpoint_arrays(reference_run.workdir, 8)
