@@ -86,9 +86,12 @@ def get_config() -> ml_collections.ConfigDict:
     train.best_metric = "accuracy"
     train.best_mode = "max"
     train.max_checkpoints = 2
-    # Compile every bucket shape on a background thread while the first steps run, instead of
-    # pausing training at each new shape (same executables, same numbers).
-    train.compile_ahead = True
+    # True: compile every bucket shape on a background thread while the first steps run, instead
+    # of pausing training at each new shape (same executables, same numbers). Off by default: on
+    # 2 CPU cores the compiles slow the steps beside them as much as they save (`make train`
+    # 1,082 s with it, 1,076 s without, docs/benchmarks.md); on an accelerator the host's cores
+    # idle while the device steps, which is where it can pay (not measured here).
+    train.compile_ahead = False
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1  # -1 = all devices not used by the model axis

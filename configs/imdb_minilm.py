@@ -15,7 +15,7 @@ def get_config():
     # Head + tail (64 + 190 tokens) instead of the first 254: +1.65 points on the test sample
     # (docs/benchmarks.md), as Sun et al. (2019) found on IMDB.
     config.data.truncation = "head_tail"
-    config.data.train_size = 6000
+    config.data.train_size = 6000  # 8,000 was tried: seed 1 fell to 89.10% (docs/benchmarks.md)
     config.data.validation_size = 500
     config.data.eval_size = 2000
     # The loss is the library default, plain BCE: in the loss studies (docs/study.md) no seed term
@@ -23,6 +23,9 @@ def get_config():
     config.model.pooling = "mean"
     config.optim.learning_rate = 1e-4
     config.train.global_batch_size = 32
+    # XLA:CPU scores batches of 8 x 256 tokens ~25% faster than 64 x 256 (attention scores that
+    # stay in cache); scoring is a third of the job's time outside training.
+    config.train.eval_batch_size = 8
     config.train.num_epochs = 1
     config.train.checkpoint_every_steps = 25
     return config

@@ -66,11 +66,11 @@ def test_a_failed_background_compile_raises_at_its_step(mesh, monkeypatch):
         steps.train_step(state, _place(_batch(16, 12), mesh))
 
 
-def test_a_run_without_compile_ahead_logs_the_same_numbers(reference_run, model_dir, tmp_path):
+def test_a_run_with_compile_ahead_logs_the_same_numbers(reference_run, model_dir, tmp_path):
     from cli_runs import checkpoint_arrays, command, metrics_rows, read_json, run
 
     workdir = tmp_path / "workdir"
-    result = run(command(model_dir, workdir, "--config.train.compile_ahead=False"))
+    result = run(command(model_dir, workdir, "--config.train.compile_ahead=True"))
     assert result.returncode == 0, result.stderr[-4000:]
 
     def numbers(folder):
@@ -81,6 +81,7 @@ def test_a_run_without_compile_ahead_logs_the_same_numbers(reference_run, model_
     assert numbers(workdir) == numbers(reference_run.workdir)
     ours, theirs = checkpoint_arrays(workdir, 8), checkpoint_arrays(reference_run.workdir, 8)
     jax.tree.map(np.testing.assert_array_equal, ours, theirs)
-    # The reference run compiled its shapes on the background thread; this one did not.
-    assert read_json(reference_run.workdir / "timing.json")["compile_ahead"] > 0
-    assert "compile_ahead" not in read_json(workdir / "timing.json")
+    # This run compiled its shapes on the background thread; the reference run (the default)
+    # did not.
+    assert read_json(workdir / "timing.json")["compile_ahead"] > 0
+    assert "compile_ahead" not in read_json(reference_run.workdir / "timing.json")

@@ -7,9 +7,9 @@ Dropout keys are not state: each step reseeds the `dropout` stream with `fold_in
 resumed run draws exactly the masks an uninterrupted run would.
 
 A run knows every batch shape it will use before its first step (the bucket lengths), so
-`StepFunctions.compile_ahead` compiles them on a background thread while the first steps run;
-a step whose shape is ready runs the ahead-of-time executable, which is what `jax.jit` would have
-compiled for it.
+`StepFunctions.compile_ahead` can compile them on a background thread while the first steps run
+(``train.compile_ahead``); a step whose shape is ready runs the ahead-of-time executable, which is
+what `jax.jit` would have compiled for it.
 """
 
 from __future__ import annotations
@@ -74,11 +74,12 @@ class StepFunctions:
     ) -> None:
         """Compiles the steps for `shapes`, in order, on one background thread.
 
-        While the first steps run, XLA compiles the shapes still to come with the cycles the
-        step leaves idle: on 2 CPU cores, 4 MiniLM train shapes compiled beside training cost
-        the run 15 s instead of the 28 s of compiling them between steps. `train_step` and
-        `eval_step` then run the executables (waiting for one still compiling); other shapes
-        go through `jax.jit` as before. A compile error surfaces at the first step of its shape.
+        While the first steps run, XLA compiles the shapes still to come on the host's spare
+        cores. That pays where the host idles while a device steps; on a CPU the compiles take
+        cores from the steps beside them (2 cores: `make train` no faster, so the config
+        default, ``train.compile_ahead``, is off). `train_step` and `eval_step` then run the
+        executables (waiting for one still compiling); other shapes go through `jax.jit` as
+        before. A compile error surfaces at the first step of its shape.
 
         Args:
           state: the run's state (only its shapes, dtypes and shardings are read).
