@@ -53,15 +53,6 @@ ROWS = {
     "large-v5e256-dp-full-scan": ("bert-large", "v5e:16x16", "dp", 1, "full", True, []),
     "large-v5e256-fsdp-full-scan": ("bert-large", "v5e:16x16", "fsdp", 1, "full", True, []),
     "large-v5e256-tp-full-scan": ("bert-large", "v5e:16x16", "tp", 2, "full", True, []),
-    "large-v4-8-fsdp-full-scan": (
-        "bert-large",
-        "v4:2x2x1",
-        "fsdp",
-        1,
-        "full",
-        True,
-        ["--max_batch"],
-    ),
     "large-v5p8-fsdp-full-scan": (
         "bert-large",
         "v5p:2x2x1",
@@ -69,7 +60,7 @@ ROWS = {
         1,
         "full",
         True,
-        ["--max_batch"],
+        [],
     ),
     "large-v6e8-fsdp-full-scan": (
         "bert-large",
@@ -78,7 +69,7 @@ ROWS = {
         1,
         "full",
         True,
-        ["--max_batch"],
+        [],
     ),
     "base-v5e8-fsdp-none-scan": ("bert-base", "v5e:2x4", "fsdp", 1, "none", True, ["--max_batch"]),
     "base-v5e8-tp-none-scan": ("bert-base", "v5e:2x4", "tp", 2, "none", True, ["--max_batch"]),

@@ -383,3 +383,9 @@ def test_remat_and_scan_layers_log_the_same_losses_and_resume(model_dir, tmp_pat
     exported = SentimentClassifier.from_pretrained(scanned / "export")
     assert exported.encoder.encoder.scan_layers is False
     assert len(exported.encoder.encoder.layers) == 2
+
+
+def test_a_topology_with_one_device_per_tensorcore_is_refused_in_one_line():
+    # libtpu describes v4 with a device per TensorCore; jax's TPU mesh utilities need one per chip.
+    with pytest.raises(ValueError, match=r"v4:2x2x1.*one device per TensorCore \(8 devices\)"):
+        plan_lib.topology_devices("v4:2x2x1")

@@ -115,10 +115,18 @@ def topology_devices(topology: str) -> list[Any]:
     from jax.experimental import topologies
 
     try:
-        return list(topologies.get_topology_desc(topology, "tpu").devices)
+        devices = list(topologies.get_topology_desc(topology, "tpu").devices)
     except Exception as err:  # JaxRuntimeError from libtpu: an unknown or malformed shape
         message = " ".join(str(err).split())
         raise ValueError(f"--topology={topology!r}: libtpu cannot build it: {message}") from err
+    if any(getattr(d, "core_on_chip", 0) for d in devices):
+        # libtpu 0.0.42.1 describes v4 this way; jax's mesh utilities refuse it ("megacore").
+        raise ValueError(
+            f"--topology={topology!r}: libtpu describes it with one device per TensorCore "
+            f"({len(devices)} devices), and jax builds TPU meshes with one device per chip; "
+            "planning it is not supported yet"
+        )
+    return devices
 
 
 # --- analytic model FLOPs --------------------------------------------------------------------
