@@ -73,7 +73,8 @@ ROWS = {
     ),
     "base-v5e8-fsdp-none-scan": ("bert-base", "v5e:2x4", "fsdp", 1, "none", True, ["--max_batch"]),
     "base-v5e8-tp-none-scan": ("bert-base", "v5e:2x4", "tp", 2, "none", True, ["--max_batch"]),
-    "large-v5e8-tp-full-scan": ("bert-large", "v5e:2x4", "tp", 2, "full", True, ["--max_batch"]),
+    "large-v5e8-tp-full-scan": ("bert-large", "v5e:2x4", "tp", 2, "full", True, []),
+    "large-v5e8-dp-full-scan": ("bert-large", "v5e:2x4", "dp", 1, "full", True, []),
     "large-v5e8-fsdp-full-unrolled": ("bert-large", "v5e:2x4", "fsdp", 1, "full", False, []),
     "base-v5e8-dp-none-unrolled": ("bert-base", "v5e:2x4", "dp", 1, "none", False, []),
 }
