@@ -23,8 +23,8 @@ def get_config():
     config.model.pooling = "mean"
     config.optim.learning_rate = 1e-4
     config.train.global_batch_size = 32
-    # XLA:CPU scores batches of 8 x 256 tokens ~25% faster than 64 x 256 (attention scores that
-    # stay in cache); scoring is a third of the job's time outside training.
+    # XLA:CPU scores batches of 8 x 256 tokens 23% faster than 64 x 256 (attention scores that
+    # stay in cache; bench/bench_eval_batch.py); scoring is most of the job outside training.
     config.train.eval_batch_size = 8
     config.train.num_epochs = 1
     config.train.checkpoint_every_steps = 25

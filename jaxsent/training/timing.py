@@ -23,7 +23,7 @@ COMPILE_EVENTS = (
 )
 COMPILE = "compile"
 COMPILE_AHEAD = "compile_ahead"
-# A step waiting for its background compile (`jaxsent.training.steps.COMPILE_WAIT_EVENT`).
+# Recorded by `StepFunctions` while a step waits for its shape's background compile.
 COMPILE_WAIT_EVENT = "/jaxsent/compile_ahead/wait_duration"
 
 
