@@ -1,12 +1,12 @@
-"""The docs/tpu.md plans: `python -m train.plan` for BERT-base/large at 512 tokens on TPU slices.
+"""The docs/tpu.md plans: `python -m train.plan` for BERT-base/large (512 tokens) and
+ModernBERT-base (1,536 tokens) on TPU slices.
 
     python bench/plan_tpu_table.py run [ROW_ID ...]   # compile the rows not yet in docs/tpu/
     python bench/plan_tpu_table.py table              # the markdown table of what is there
 
 Each row is one `python -m train.plan` command (printed by `table`); its JSON goes to
 docs/tpu/<row id>.json and its stdout to docs/tpu/<row id>.txt. Rows run one after the other, in
-the order below (scan_layers first: one layer body compiles fastest). A row without its JSON is
-listed as not measured yet, with its command.
+the order of ROWS. A row without its JSON is listed as not measured yet, with its command.
 """
 
 import json
@@ -17,82 +17,70 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "tpu"
-CONFIG = "configs/bert_base_imdb.py"  # bfloat16 compute, 512 tokens, pooling cls, AdamW
-
-# id -> (model, topology, strategy, mesh.model, remat, scan_layers, extra flags)
-ROWS = {
-    "large-v5e8-fsdp-full-scan": (
-        "bert-large",
-        "v5e:2x4",
-        "fsdp",
-        1,
-        "full",
-        True,
-        ["--max_batch"],
-    ),
-    "large-v5e8-dp-none-scan": ("bert-large", "v5e:2x4", "dp", 1, "none", True, ["--max_batch"]),
-    "base-v5e8-dp-none-scan": ("bert-base", "v5e:2x4", "dp", 1, "none", True, ["--max_batch"]),
-    "large-v5e8-fsdp-dots-scan": (
-        "bert-large",
-        "v5e:2x4",
-        "fsdp",
-        1,
-        "dots",
-        True,
-        ["--max_batch"],
-    ),
-    "large-v5e8-fsdp-none-scan": (
-        "bert-large",
-        "v5e:2x4",
-        "fsdp",
-        1,
-        "none",
-        True,
-        ["--max_batch"],
-    ),
-    "large-v5e256-dp-full-scan": ("bert-large", "v5e:16x16", "dp", 1, "full", True, []),
-    "large-v5e256-fsdp-full-scan": ("bert-large", "v5e:16x16", "fsdp", 1, "full", True, []),
-    "large-v5e256-tp-full-scan": ("bert-large", "v5e:16x16", "tp", 2, "full", True, []),
-    "large-v5p8-fsdp-full-scan": (
-        "bert-large",
-        "v5p:2x2x1",
-        "fsdp",
-        1,
-        "full",
-        True,
-        [],
-    ),
-    "large-v6e8-fsdp-full-scan": (
-        "bert-large",
-        "v6e:2x4",
-        "fsdp",
-        1,
-        "full",
-        True,
-        [],
-    ),
-    "base-v5e8-fsdp-none-scan": ("bert-base", "v5e:2x4", "fsdp", 1, "none", True, ["--max_batch"]),
-    "base-v5e8-tp-none-scan": ("bert-base", "v5e:2x4", "tp", 2, "none", True, ["--max_batch"]),
-    "large-v5e8-tp-full-scan": ("bert-large", "v5e:2x4", "tp", 2, "full", True, []),
-    "large-v5e8-dp-full-scan": ("bert-large", "v5e:2x4", "dp", 1, "full", True, []),
-    "large-v5e8-fsdp-full-unrolled": ("bert-large", "v5e:2x4", "fsdp", 1, "full", False, []),
-    "base-v5e8-dp-none-unrolled": ("bert-base", "v5e:2x4", "dp", 1, "none", False, []),
+# bfloat16 compute, AdamW. BERT at 512 tokens, pooling cls (global batch 256, the goal's);
+# ModernBERT at the seed recipe's 1,536 tokens (full-length reviews), mean pooling, batch 32.
+CONFIGS = {
+    "bert": ("configs/bert_base_imdb.py", 256),
+    "modernbert": ("configs/modernbert_base_imdb.py", 32),
 }
+V5E8, V5E256, V5P8, V6E8 = "v5e:2x4", "v5e:16x16", "v5p:2x2x1", "v6e:2x4"
+MODEL_AXIS = {"dp": 1, "fsdp": 1, "tp": 2}
+
+
+def _row(model, topology, strategy, remat, scan, max_batch):
+    short = {V5E8: "v5e8", V5E256: "v5e256", V5P8: "v5p8", V6E8: "v6e8"}[topology]
+    name = {"bert-base": "base", "bert-large": "large", "modernbert-base": "modernbert"}[model]
+    layout = "scan" if scan else "unrolled"
+    row_id = f"{name}-{short}-{strategy}-{remat}-{layout}"
+    return row_id, (model, topology, strategy, MODEL_AXIS[strategy], remat, scan, max_batch)
+
+
+# In the order `run` compiles them: the recommended layout (remat=full, scan_layers) first, on
+# v5e-8 (the smallest HBM) with --max_batch, then the other chips at the planned batch, then the
+# layouts that trade memory for speed. ModernBERT has no scan_layers (its blocks differ).
+ROWS = dict(
+    _row(*spec)
+    for spec in [
+        ("bert-large", V5E8, "fsdp", "full", True, True),
+        ("bert-large", V5E256, "fsdp", "full", True, False),
+        ("bert-large", V5P8, "fsdp", "full", True, False),
+        ("bert-large", V6E8, "fsdp", "full", True, False),
+        ("bert-large", V5E256, "dp", "full", True, False),
+        ("bert-large", V5E256, "tp", "full", True, False),
+        ("bert-large", V5E8, "tp", "full", True, False),
+        ("bert-large", V5E8, "dp", "full", True, False),
+        ("bert-base", V5E8, "fsdp", "full", True, True),
+        ("bert-base", V5E8, "dp", "full", True, True),
+        ("bert-base", V5E8, "tp", "full", True, True),
+        ("modernbert-base", V5E8, "fsdp", "full", False, True),
+        ("bert-base", V5E8, "fsdp", "none", False, True),
+        ("bert-base", V5E8, "dp", "none", False, True),
+        ("bert-base", V5E8, "tp", "none", False, True),
+        ("bert-large", V5E8, "fsdp", "dots", True, True),
+        ("bert-large", V5E8, "fsdp", "none", False, True),
+        ("bert-base", V5E256, "fsdp", "full", True, False),
+        ("bert-base", V5P8, "fsdp", "full", True, False),
+        ("bert-base", V6E8, "fsdp", "full", True, False),
+        ("modernbert-base", V5E8, "dp", "full", False, True),
+        ("modernbert-base", V5E8, "tp", "full", False, True),
+    ]
+)
 
 
 def command(row_id: str) -> list[str]:
-    model, topology, strategy, model_axis, remat, scan, extra = ROWS[row_id]
+    model, topology, strategy, model_axis, remat, scan, max_batch = ROWS[row_id]
+    config, planned = CONFIGS[model.split("-")[0]]
     data_axis = 1
     for size in topology.split(":")[1].split("x"):
         data_axis *= int(size)
     data_axis //= model_axis
-    batch = max(256, data_axis)  # the global batch the goal names; one per chip at least
+    batch = max(planned, data_axis)  # at least one sequence per chip
     return [
         "python",
         "-m",
         "train.plan",
         "--config",
-        CONFIG,
+        config,
         f"--config.model.name={model}",
         f"--topology={topology}",
         f"--config.mesh.strategy={strategy}",
@@ -101,7 +89,7 @@ def command(row_id: str) -> list[str]:
         f"--config.model.scan_layers={scan}",
         f"--config.train.global_batch_size={batch}",
         f"--config.train.eval_batch_size={batch}",
-        *extra,
+        *(["--max_batch"] if max_batch else []),
         f"--output=docs/tpu/{row_id}.json",
     ]
 

@@ -7,12 +7,14 @@ replicated), so the same model runs data-parallel, FSDP or tensor-parallel witho
 nnx copies the metadata onto optimizer moments, so :func:`tree_shardings` places an
 ``nnx.Optimizer``'s state with the same rules.
 
-Axis types: :func:`make_mesh` builds **Auto** axes. The model's computation has no sharding
-annotations; with Auto axes XLA propagates the parameter and batch shardings and inserts the
-collectives (all-gathers for FSDP, reductions for TP). ``jax.make_mesh``'s default, Explicit
-axes, needs an ``out_sharding`` at every op whose operand shardings conflict: measured here,
-a train step under an Explicit mesh fails with ``ShardingTypeError`` already at the embedding
-gather (batch on ``data``, table replicated), for every strategy including ``dp``. Steps on an
+Axis types: :func:`make_mesh` builds **Auto** axes. The model's computation carries one kind of
+sharding annotation, :func:`constrain_batch` at the embeddings' and every layer's output (the
+batch over ``data``); with Auto axes XLA propagates the parameter and batch shardings from there
+and inserts the collectives (all-gathers of the weights for FSDP, reductions for TP).
+``jax.make_mesh``'s default, Explicit axes, needs an ``out_sharding`` at every op whose
+operand shardings conflict: measured here, a train step under an Explicit mesh fails with
+``ShardingTypeError`` already at the embedding gather (batch on ``data``, table replicated), for
+every strategy including ``dp``. Steps on an
 Auto mesh work both inside ``with jax.set_mesh(mesh):`` and outside it.
 
 Placement rules for one dimension, in order: ``None`` -> replicated; a mesh axis of size 1 ->
@@ -42,6 +44,7 @@ __all__ = [
     "tree_shardings",
     "shard_model",
     "batch_sharding",
+    "constrain_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -228,3 +231,21 @@ def shard_model(
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding for [B, ...] batch arrays: the batch split over ``data``, rest replicated."""
     return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """`x` [B, ...] pinned to the batch layout (B over ``data``) under the current mesh.
+
+    Layer boundaries carry this constraint so that sharding propagation keeps activations split
+    by example. Without it, FSDP (weights split along ``embed`` over the same ``data`` axis)
+    lets XLA split activations along ``embed`` instead and all-gather them, layer after layer:
+    on TPU, BERT-large at batch 256 all-gathered ~300 GB per step instead of its weights. A
+    no-op outside a mesh, when ``data`` has size 1, or when B does not divide over it.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "data" not in mesh.axis_names:
+        return x
+    size = mesh.shape["data"]
+    if size == 1 or x.ndim == 0 or x.shape[0] % size:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec("data"))

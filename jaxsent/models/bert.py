@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxsent import sharding
+
 __all__ = [
     "BertConfig",
     "BertModel",
@@ -410,7 +412,7 @@ class BertEmbeddings(nnx.Module):
         else:
             x = x + self.position_embeddings(padded_position_ids(input_ids, self.padding_idx))
         x = self.layer_norm(x)
-        return self.dropout(x, deterministic=deterministic, rngs=rngs)
+        return sharding.constrain_batch(self.dropout(x, deterministic=deterministic, rngs=rngs))
 
 
 class BertSelfAttention(nnx.Module):
@@ -482,7 +484,7 @@ class BertLayer(nnx.Module):
         attn = self.attention(x, mask, **kw)
         h = self.attention_norm(x + self.attention_dropout(attn, **kw))
         ffn = self.output(self.activation(self.intermediate(h)))
-        return self.output_norm(h + self.output_dropout(ffn, **kw))
+        return sharding.constrain_batch(self.output_norm(h + self.output_dropout(ffn, **kw)))
 
 
 # Encoder layouts (`remat`, `scan_layers`): how the layers run, not what they compute. A stacked

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxsent import sharding
 from jaxsent.models.bert import REMAT_POLICIES, SUPPORTED_ACTIVATIONS, Dropout
 
 __all__ = [
@@ -306,7 +307,7 @@ class ModernBertEmbeddings(nnx.Module):
 
     def __call__(self, input_ids, *, deterministic=None, rngs=None):
         x = self.norm(self.tok_embeddings(input_ids))
-        return self.dropout(x, deterministic=deterministic, rngs=rngs)
+        return sharding.constrain_batch(self.dropout(x, deterministic=deterministic, rngs=rngs))
 
 
 class ModernBertAttention(nnx.Module):
@@ -409,7 +410,7 @@ class ModernBertLayer(nnx.Module):
         kw = {"deterministic": deterministic, "rngs": rngs}
         h = x if self.attn_norm is None else self.attn_norm(x)
         x = x + self.attn(h, mask, cos, sin, local=self.local, **kw)
-        return x + self.mlp(self.mlp_norm(x), **kw)
+        return sharding.constrain_batch(x + self.mlp(self.mlp_norm(x), **kw))
 
 
 class ModernBertEncoder(nnx.Module):
