@@ -31,9 +31,8 @@ from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-SPEC_DIR = os.environ.get(
-    "GPU_SPEC_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_specs")
-)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC_DIR = os.environ.get("GPU_SPEC_DIR", os.path.join(REPO, "jaxsent", "training", "gpu_targets"))
 target = sys.argv[1] if len(sys.argv) > 1 else "h100_sxm"
 ndevs = [int(a) for a in sys.argv[2:]] or [1, 8]
 cfg = open(os.path.join(SPEC_DIR, target + ".txtpb")).read()

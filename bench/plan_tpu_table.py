@@ -3,6 +3,7 @@ ModernBERT-base (1,536 tokens) on TPU slices.
 
     python bench/plan_tpu_table.py run [ROW_ID ...]   # compile the rows not yet in docs/tpu/
     python bench/plan_tpu_table.py table              # the markdown table of what is there
+    GPU_PLAN_PYTHON=<venv with jaxsent[gpu-plan]>/bin/python python bench/plan_tpu_table.py run
 
 Each row is one `python -m train.plan` command (printed by `table`); its JSON goes to
 docs/tpu/<row id>.json and its stdout to docs/tpu/<row id>.txt. Rows run one after the other, in
@@ -10,6 +11,7 @@ the order of ROWS. A row without its JSON is listed as not measured yet, with it
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,11 +26,13 @@ CONFIGS = {
     "modernbert": ("configs/modernbert_base_imdb.py", 32),
 }
 V5E8, V5E256, V5P8, V6E8 = "v5e:2x4", "v5e:16x16", "v5p:2x2x1", "v6e:2x4"
+H100X8, H200X8 = "h100:8", "h200:8"  # one host of 8 GPUs
 MODEL_AXIS = {"dp": 1, "fsdp": 1, "tp": 2}
 
 
 def _row(model, topology, strategy, remat, scan, max_batch):
-    short = {V5E8: "v5e8", V5E256: "v5e256", V5P8: "v5p8", V6E8: "v6e8"}[topology]
+    short = topology.replace(":2x4", "8").replace(":16x16", "256").replace(":2x2x1", "8")
+    short = short.replace(":8", "x8")
     name = {"bert-base": "base", "bert-large": "large", "modernbert-base": "modernbert"}[model]
     layout = "scan" if scan else "unrolled"
     row_id = f"{name}-{short}-{strategy}-{remat}-{layout}"
@@ -63,6 +67,11 @@ ROWS = dict(
         ("bert-base", V6E8, "fsdp", "full", True, False),
         ("modernbert-base", V5E8, "dp", "full", False, True),
         ("modernbert-base", V5E8, "tp", "full", False, True),
+        # GPUs (jax's CUDA plugin, the gpu-plan extra; run with GPU_PLAN_PYTHON set to its python)
+        ("bert-large", H100X8, "fsdp", "full", True, True),
+        ("bert-large", H200X8, "fsdp", "full", True, False),
+        ("bert-base", H100X8, "dp", "none", False, True),
+        ("modernbert-base", H100X8, "fsdp", "full", False, True),
     ]
 )
 
@@ -100,7 +109,8 @@ def run(row_ids: list[str]) -> None:
         if (OUT / f"{row_id}.json").exists():
             continue
         cmd = command(row_id)
-        cmd[0] = sys.executable
+        gpu = ROWS[row_id][1].startswith("h")
+        cmd[0] = os.environ.get("GPU_PLAN_PYTHON", sys.executable) if gpu else sys.executable
         print(f"{row_id}: {' '.join(cmd[1:])}", flush=True)
         start = time.perf_counter()
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

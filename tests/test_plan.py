@@ -408,3 +408,53 @@ def test_a_topology_with_one_device_per_tensorcore_is_refused_in_one_line():
     # libtpu describes v4 with a device per TensorCore; jax's TPU mesh utilities need one per chip.
     with pytest.raises(ValueError, match=r"v4:2x2x1.*one device per TensorCore \(8 devices\)"):
         plan_lib.topology_devices("v4:2x2x1")
+
+
+# --- GPU targets: jax's CUDA plugin (the gpu-plan extra) compiles for an H100 without a GPU ---
+
+needs_cuda_plugin = pytest.mark.skipif(
+    not plan_lib.cuda_plugin_installed(),
+    reason="jax's CUDA plugin is not installed (pip install 'jaxsent[gpu-plan]')",
+)
+
+
+def test_gpu_topologies_are_gpus_per_host_or_hosts_by_gpus():
+    assert plan_lib.chip_for("h100:8").platform == "cuda"
+    assert plan_lib.chip_for("h200:2x8").target == "h200"
+    with pytest.raises(ValueError, match=r"'h100:2x2x2'.*<hosts>x<gpus per host>"):
+        plan_lib.topology_devices("h100:2x2x2")
+
+
+def test_a_gpu_holds_what_jax_preallocates(monkeypatch):
+    h100 = plan_lib.CHIPS["h100"]
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    assert h100.usable_bytes == int(0.75 * 81559 * 2**20)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+    assert h100.usable_bytes == int(0.9 * 81559 * 2**20)
+    assert plan_lib.CHIPS["v5e"].usable_bytes == 16 * 2**30  # a TPU program may use all of it
+
+
+@needs_cuda_plugin
+@pytest.mark.parametrize(
+    "topology, hosts, strategy, model_axis, collective",
+    [
+        ("h100:8", 1, "dp", 1, "all-reduce"),
+        ("h100:8", 1, "fsdp", 1, "all-gather"),
+        ("h200:2x4", 2, "tp", 2, "all-reduce"),
+    ],
+)
+def test_train_and_eval_steps_compile_for_gpus(
+    tiny_folder, topology, hosts, strategy, model_axis, collective
+):
+    config = _config(tiny_folder, strategy=strategy, model_axis=model_axis)
+    planner = plan_lib.Planner(config, topology)
+    assert (planner.chips, planner.hosts) == (8, hosts)
+    assert planner.devices[0].platform == "gpu"
+    train, evaluation = planner.plan(all_shapes=False)
+    for shape in (train, evaluation):
+        assert shape.fits and shape.error is None
+        assert 0 < shape.bytes["peak"] < planner.chip.usable_bytes
+        # No cost analysis on a compile-only GPU executable: XLA's generic one over its module.
+        assert shape.flops > 0 and shape.bytes_accessed > 0
+        assert 0 < shape.mfu_bound <= 1
+    assert train.collectives[collective]["count"] >= 1

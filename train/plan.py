@@ -1,11 +1,13 @@
-"""Plan a run on a TPU slice before renting one: compile its train and eval steps for the slice.
+"""Plan a run on a TPU slice or GPUs before renting them: compile its train and eval steps for them.
 
     python -m train.plan --config configs/bert_base_imdb.py --topology v5e:2x4
     python -m train.plan --config configs/bert_base_imdb.py --topology v5e:2x4 \\
         --config.model.name=bert-large --config.model.scan_layers=True --max_batch \\
         --output plan.json
+    python -m train.plan --config configs/bert_base_imdb.py --topology h100:8
 
-Needs libtpu (the TPU compiler; `pip install libtpu==0.0.42.1`), no TPU, no weights and no data:
+Needs libtpu (the TPU compiler; `pip install libtpu==0.0.42.1`) for a TPU, or jax's CUDA plugin
+(`pip install 'jaxsent[gpu-plan]'`) for an H100 / H200; no accelerator, no weights and no data:
 the architecture comes from a named architecture (`bert-base`, `bert-large`) or the checkpoint's
 config.json. It compiles the very steps `python -m train` runs with the same config (model, loss,
 optimiser, mesh strategy, dtype) for the largest train and eval shape (global batch x
@@ -36,7 +38,9 @@ EXIT_DOES_NOT_FIT = 1
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
-flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x4.")
+flags.DEFINE_string(
+    "topology", None, "TPU topology (v5e:2x4, v5p:2x2x1, v6e:2x4, ...) or GPUs (h100:8, h200:2x8)."
+)
 flags.DEFINE_string("output", None, "Write the plan as JSON here.")
 flags.DEFINE_bool("all_shapes", False, "Compile every bucket length, not only data.max_length.")
 flags.DEFINE_bool(
@@ -80,7 +84,7 @@ def _table(rows: list[list[str]]) -> str:
 def _overshoot_line(shape, chip, topology: str) -> str:
     from jaxsent.training.plan import describe_bytes
 
-    where = f"on {topology} ({describe_bytes(chip.hbm_bytes)} HBM per {chip.name} chip)"
+    where = f"on {topology} ({describe_bytes(chip.usable_bytes)} usable per {chip.name} chip)"
     if shape.error is not None:  # the compiler refused it; its message says by how much
         return f"does not fit: {shape.name} {where}: {shape.error}"
     return (
@@ -122,7 +126,7 @@ def main(argv):
     max_batch = None
     if FLAGS.max_batch:
         lengths = plan_lib.bucket_shapes(config, all_shapes=FLAGS.all_shapes)
-        limit = (1 - FLAGS.headroom) * chip.hbm_bytes
+        limit = (1 - FLAGS.headroom) * chip.usable_bytes
 
         def measure(batch: int) -> list:
             plans = []
@@ -157,7 +161,7 @@ def main(argv):
         "chip": chip.name,
         "chips": planner.chips,
         "hosts": hosts,
-        "hbm_bytes": chip.hbm_bytes,
+        "hbm_bytes": chip.usable_bytes,
         "params": planner.params,
         "fits": all(s.fits for s in shapes) and max_batch != 0,
         "shapes": [s.to_json() for s in shapes],
