@@ -92,6 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
     # 1,082 s with it, 1,076 s without, docs/benchmarks.md); on an accelerator the host's cores
     # idle while the device steps, which is where it can pay (not measured here).
     train.compile_ahead = False
+    # > 0: each train step runs its batch as micro-batches of this many rows and sums their
+    # gradients (the same gradient for the 'bce' loss; the seed's losses normalise over the whole
+    # batch and refuse it). 0 = the whole batch at once.
+    train.micro_batch_size = 0
 
     config.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1  # -1 = all devices not used by the model axis

@@ -152,6 +152,9 @@ BAD_VALUES = [
     ({"train.best_metric": "nll"}, "train.best_mode", "max"),
     ({"train.best_metric": "auroc", "train.best_mode": "min"}, "train.best_mode", "min"),
     ({"data.max_length": 1024}, "data.max_length", 1024),  # 512 positions
+    ({"train.micro_batch_size": -8}, "train.micro_batch_size", -8),
+    ({"train.micro_batch_size": 12}, "train.micro_batch_size", 12),  # batch 32
+    ({"train.micro_batch_size": 8, "loss.name": "focal"}, "train.micro_batch_size", 8),
 ]
 
 
@@ -180,6 +183,7 @@ def test_the_issues_example_word_for_word(model_folder):
         ({"mesh.model": 3}, 8, "mesh.model", "must divide the number of devices (8)"),
         ({"mesh.data": 2, "mesh.model": 2}, 8, "mesh.data", "the number of devices (8)"),
         ({"mesh.model": 8}, 8, "mesh.model", "must divide the model's attention heads (12)"),
+        ({"train.micro_batch_size": 4}, 8, "train.micro_batch_size", "the data axis (8)"),
     ],
 )
 def test_the_mesh_is_checked_against_devices_and_heads(

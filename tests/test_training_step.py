@@ -33,7 +33,15 @@ def _batch(batch=16, length=12, seed=0):
 
 
 def _setup(
-    mesh, *, loss_fn=None, seed=0, rules="dp", dropout_rate=0.1, optim=OPTIM, **model_overrides
+    mesh,
+    *,
+    loss_fn=None,
+    seed=0,
+    rules="dp",
+    dropout_rate=0.1,
+    optim=OPTIM,
+    micro_batches=1,
+    **model_overrides,
 ):
     model = tiny_classifier(seed=seed, dropout_rate=dropout_rate, **model_overrides)
     tx, _ = make_optimizer(optim, total_steps=100)
@@ -45,6 +53,7 @@ def _setup(
             loss_fn=loss_fn or losses.get_loss("focal"),
             dropout_key=jax.random.key(7),
             state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, rules),
+            micro_batches=micro_batches,
         )
     return steps, state
 
@@ -227,3 +236,63 @@ def test_nonfinite_guard_stops_after_the_limit_in_a_row(tmp_path):
         guard.update([False], last_step=7)
     with pytest.raises(ValueError, match="max_consecutive_nonfinite=0"):
         NonFiniteGuard(0, checkpoint_dir=tmp_path)
+
+
+NO_DROPOUT = dict(dropout_rate=0.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.mark.parametrize(
+    "micro_batches, padding_rows",
+    [
+        (2, [13, 14, 15]),  # a last batch: the micro-batches hold 7 and 6 real rows
+        (4, [3, 7, 11, 15]),  # micro-batch 3 (rows 3, 7, 11, 15) is all padding
+    ],
+)
+def test_micro_batches_take_the_whole_batch_step(one_device_mesh, micro_batches, padding_rows):
+    # Without dropout the step is a function of the batch alone: micro-batches must give the
+    # whole batch's loss, gradient norm and parameters.
+    bce = losses.get_loss("bce")
+    results = []
+    for count in (1, micro_batches):
+        steps, state = _setup(one_device_mesh, loss_fn=bce, micro_batches=count, **NO_DROPOUT)
+        seen = []
+        with jax.set_mesh(one_device_mesh):
+            for seed in range(3):
+                batch = _batch(seed=seed)
+                batch["where"] = ~np.isin(np.arange(16), padding_rows)
+                state, metrics = steps.train_step(state, _place(batch, one_device_mesh))
+                seen.append({k: float(v) for k, v in metrics.items()})
+        results.append((seen, jax.tree.map(np.asarray, _params(steps, state))))
+    (whole, params_whole), (split, params_split) = results
+    for a, b in zip(whole, split, strict=True):
+        assert a["examples"] == b["examples"] == 16 - len(padding_rows)
+        # float32 sums in another order: the loss to 1e-6, the norm to 1e-5 relative
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+        np.testing.assert_allclose(b["grad_norm"], a["grad_norm"], rtol=1e-5)
+    # Adam's sqrt(v) amplifies rounding in nearly cancelling gradients (see the sharded test).
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=2e-5),
+        params_whole,
+        params_split,
+    )
+
+
+def test_each_micro_batch_draws_its_own_dropout_masks(one_device_mesh):
+    # Rows 2i and 2i + 1 of `doubled` are row i of `half`, so both of its micro-batches are
+    # `half`. Micro-batch 0 draws the masks a whole-batch step on `half` draws; micro-batch 1
+    # must draw new ones, so the two losses differ. Reused masks would make them equal, as
+    # they are without dropout.
+    half = _batch(batch=8, seed=1)
+    half["where"] = np.ones(8, bool)
+    doubled = {k: np.repeat(v, 2, axis=0) for k, v in half.items()}
+    bce = losses.get_loss("bce")
+    losses_seen = {}
+    for dropout in (True, False):
+        overrides = {} if dropout else NO_DROPOUT
+        for count, batch in ((1, half), (2, doubled)):
+            steps, state = _setup(one_device_mesh, loss_fn=bce, micro_batches=count, **overrides)
+            with jax.set_mesh(one_device_mesh):
+                _, metrics = steps.train_step(state, _place(batch, one_device_mesh))
+            losses_seen[dropout, count] = float(metrics["loss"])
+    assert losses_seen[False, 2] == pytest.approx(losses_seen[False, 1], rel=1e-6)
+    assert losses_seen[True, 2] != pytest.approx(losses_seen[True, 1], rel=1e-4)

@@ -117,6 +117,12 @@ def _model_and_optimizer(config, tx: optax.GradientTransformation, *, pretrained
     return model, nnx.Optimizer(model, tx, wrt=trainable_filter(model))
 
 
+def micro_batches(config: ml_collections.ConfigDict) -> int:
+    """How many micro-batches a train step splits its batch into (``train.micro_batch_size``)."""
+    micro = config.train.get("micro_batch_size", 0)
+    return config.train.global_batch_size // micro if micro else 1
+
+
 def training_steps(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
@@ -145,6 +151,7 @@ def training_steps(
         state_shardings_fn=functools.partial(
             sharding.tree_shardings, mesh=mesh, rules=config.mesh.strategy
         ),
+        micro_batches=micro_batches(config),
     )
     if abstract:
         model, optimizer = nnx.eval_shape(

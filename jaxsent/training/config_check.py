@@ -420,6 +420,9 @@ FIELDS: dict[str, Rule] = {
     "train.num_epochs": _rule("int", _INT_GE0, lambda v: v >= 0),
     "train.num_steps": _rule("int", f"{_INT_GE0} (0 = train.num_epochs)", lambda v: v >= 0),
     "train.compile_ahead": _rule("bool", "must be True or False"),
+    "train.micro_batch_size": _rule(
+        "int", f"{_INT_GE0} (0 = the whole batch at once)", lambda v: v >= 0
+    ),
     "train.log_every_steps": _rule("int", _INT_GE1, lambda v: v >= 1),
     "train.eval_every_steps": _rule("int", f"{_INT_GE0} (0 = once per epoch)", lambda v: v >= 0),
     "train.checkpoint_every_steps": _rule("int", _INT_GE1, lambda v: v >= 1),
@@ -442,6 +445,7 @@ OPTIONAL_FIELDS = frozenset(
         "data.eval_holdout",
         "model.remat",
         "model.scan_layers",
+        "train.micro_batch_size",
         *(f for f in FIELDS if f.startswith("loss.") and f != "loss.name"),
     }
 )
@@ -519,6 +523,33 @@ def _warmup_steps(ctx: _Context) -> ConfigError | None:
     return None
 
 
+def _micro_batch_size(ctx: _Context) -> ConfigError | None:
+    micro = ctx.get("train.micro_batch_size")
+    if not micro:
+        return None
+    batch, loss = ctx.get("train.global_batch_size"), ctx.get("loss.name")
+    if batch % micro:
+        return ConfigError(
+            "train.micro_batch_size",
+            micro,
+            f"must divide train.global_batch_size ({batch}), or be 0 (the whole batch)",
+        )
+    if ctx.data_axis is not None and micro % ctx.data_axis:
+        return ConfigError(
+            "train.micro_batch_size",
+            micro,
+            f"must be a multiple of the data axis ({ctx.data_axis}), or be 0 (the whole batch)",
+        )
+    if loss != "bce":
+        return ConfigError(
+            "train.micro_batch_size",
+            micro,
+            f"splits the batch, which only loss.name='bce' allows (loss.name={loss!r} "
+            "normalises its weights over the whole batch); use 0",
+        )
+    return None
+
+
 def _best_mode(ctx: _Context) -> ConfigError | None:
     metric, mode = ctx.get("train.best_metric"), ctx.get("train.best_mode")
     better = "max" if metric in HIGHER_IS_BETTER else "min" if metric in LOWER_IS_BETTER else mode
@@ -539,6 +570,7 @@ COMBINATIONS: tuple[Callable[[_Context], ConfigError | None], ...] = (
     _max_length_positions,
     _epochs_or_steps,
     _warmup_steps,
+    _micro_batch_size,
     _best_mode,
 )
 
