@@ -1,4 +1,4 @@
-"""The README's main job: MiniLM fine-tuned on IMDB with plain BCE, ~18 min on 2 idle CPU cores.
+"""The README's main job: MiniLM fine-tuned on IMDB with plain BCE, ~16 min on 2 idle CPU cores.
 
 To fit the budget it trains on a stratified subset of IMDB train and reports on a fixed
 stratified sample of the test split; the run says so in its output. `imdb_minilm_full` is the
