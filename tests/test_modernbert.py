@@ -153,6 +153,17 @@ def test_window_edge_is_inclusive():
         assert (change > 1e-4) if seen else (change == 0.0), (pos, change)
 
 
+def test_cudnn_key_lengths_are_the_real_tokens_in_local_and_global_masks():
+    """The cuDNN path passes padding as per-sequence key lengths; they must count every real
+    token, also from a local layer's mask, whose first row holds only the first window."""
+    real = np.arange(300)[None, :] < np.array([[300], [200], [5]])
+    window = np.abs(np.arange(300)[:, None] - np.arange(300)[None, :]) <= 64
+    global_mask = jnp.asarray(real)[:, None, None, :]
+    local_mask = global_mask & jnp.asarray(window)[None, None]
+    for mask in (global_mask, local_mask):
+        np.testing.assert_array_equal(modernbert.key_lengths(mask), [300, 200, 5])
+
+
 def test_no_mask_means_no_padding(tiny):
     _, hf, ours = tiny
     ids, _ = _batch(batch=2, seed=2)

@@ -249,6 +249,16 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
+def key_lengths(mask: jax.Array) -> jax.Array:
+    """Real keys per sequence [B] of a right-padded [B, 1, L, L] attention mask.
+
+    A key is real when some query may attend to it. A local layer's first row holds only the
+    window, so the lengths cannot be read off one row (cuDNN would then drop every key past
+    the first window).
+    """
+    return jnp.sum(jnp.any(mask[:, 0], axis=-2), axis=-1, dtype=jnp.int32)
+
+
 def _meta(*axes: str | None) -> dict[str, Any]:
     return {"out_sharding": tuple(axes), "eager_sharding": False}
 
@@ -337,7 +347,7 @@ class ModernBertAttention(nnx.Module):
     def __call__(self, x, mask, cos, sin, *, local, deterministic=None, rngs=None):
         """Args: x [B, L, H]; mask [B, 1, L, L] bool (True = may attend); cos, sin [L, d].
 
-        ``local`` is used only by the cuDNN path, which takes the window as bounds.
+        ``local``: a sliding-window layer (the cuDNN path leaves it to the masked form).
         """
         qkv = self.Wqkv(x)  # [B, L, 3, heads, head_dim]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -353,21 +363,22 @@ class ModernBertAttention(nnx.Module):
             probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
             probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
             context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        elif self.attention_impl == "cudnn":
-            # cuDNN takes padding as lengths (right padding only) and the window as bounds.
-            lengths = jnp.sum(mask[:, 0, 0], axis=-1, dtype=jnp.int32)
+        elif self.attention_impl == "cudnn" and not local:
+            # cuDNN takes padding as lengths (right padding only). Its sliding window is causal
+            # only (jax 0.11: "cuDNN doesn't support right window"), so local layers take the
+            # masked path below.
+            lengths = key_lengths(mask)
             context = jax.nn.dot_product_attention(
                 q,
                 k,
                 v,
+                query_seq_lengths=lengths,
                 key_value_seq_lengths=lengths,
-                local_window_size=(self.window, self.window) if local else None,
                 implementation="cudnn",
             )
         else:
-            context = jax.nn.dot_product_attention(
-                q, k, v, mask=mask, implementation=self.attention_impl
-            )
+            impl = None if self.attention_impl == "cudnn" else self.attention_impl
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
         return self.out_dropout(self.Wo(context), deterministic=deterministic, rngs=rngs)
 
 
@@ -479,7 +490,8 @@ class ModernBertModel(nnx.Module):
       attention_impl: as in :class:`jaxsent.models.bert.BertModel`: ``None``/``"xla"`` is
         ``jax.nn.dot_product_attention`` with a boolean mask that combines padding and the
         local window; ``"einsum"`` the explicit form (always used while attention dropout is
-        on); ``"cudnn"`` the fused GPU kernel (right padding only; untested here, no GPU).
+        on); ``"cudnn"`` the fused GPU kernel in global layers (right padding only; local
+        layers keep the masked form: cuDNN's sliding window is causal only).
       remat, scan_layers: the layout of the blocks (see :class:`ModernBertEncoder`).
       rngs: parameter initialisation keys. Dropout keys are passed at call time.
     """
