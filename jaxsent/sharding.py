@@ -14,8 +14,8 @@ and inserts the collectives (all-gathers of the weights for FSDP, reductions for
 ``jax.make_mesh``'s default, Explicit axes, needs an ``out_sharding`` at every op whose
 operand shardings conflict: measured here, a train step under an Explicit mesh fails with
 ``ShardingTypeError`` already at the embedding gather (batch on ``data``, table replicated), for
-every strategy including ``dp``. Steps on an
-Auto mesh work both inside ``with jax.set_mesh(mesh):`` and outside it.
+every strategy including ``dp``. Steps on an Auto mesh work both inside
+``with jax.set_mesh(mesh):`` and outside it.
 
 Placement rules for one dimension, in order: ``None`` -> replicated; a mesh axis of size 1 ->
 replicated; a mesh axis already used by an earlier dimension of the same array -> replicated;
