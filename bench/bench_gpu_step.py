@@ -105,15 +105,19 @@ def raw_config(name: str, **overrides) -> dict:
 # --- contenders: each returns (step(), sync(), info) -----------------------------------------
 
 
-def jax_contender(raw: dict, batch: dict, *, attention_impl: str | None, ahead: bool = True):
+def jax_contender(
+    raw: dict,
+    batch: dict,
+    *,
+    attention_impl: str | None,
+    ahead: bool = True,
+    dtype=jnp.bfloat16,
+    pooling: str = "cls",
+):
     config = loading.config_from_hf(raw)
     rngs = nnx.Rngs(params=0, dropout=1)
-    encoder = loading.make_encoder(
-        config, dtype=jnp.bfloat16, rngs=rngs, attention_impl=attention_impl
-    )
-    model = SentimentClassifier(
-        config, pooling="cls", dtype=jnp.bfloat16, rngs=rngs, encoder=encoder
-    )
+    encoder = loading.make_encoder(config, dtype=dtype, rngs=rngs, attention_impl=attention_impl)
+    model = SentimentClassifier(config, pooling=pooling, dtype=dtype, rngs=rngs, encoder=encoder)
     tx, _ = make_optimizer(OPTIM, total_steps=10_000)
     optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
     steps, state = build_steps(
@@ -404,7 +408,7 @@ def attention_grad_check(report, label, shape, impls):
         )
 
 
-def profile_section(report, label, raw, shape, *, steps: int = 5, top: int = 25):
+def profile_section(report, label, raw, shape, *, steps: int = 5, top: int = 25, **model_kw):
     """Where the JAX step's device time goes: a `jax.profiler` trace of a few steps, its
     device events summed by name (the trace itself stays on the machine that ran it)."""
     import glob
@@ -413,7 +417,7 @@ def profile_section(report, label, raw, shape, *, steps: int = 5, top: int = 25)
 
     batch_size, length = shape
     batch = random_batch(raw["vocab_size"], batch_size, length, seed=0)
-    step, sync, _ = jax_contender(raw, batch, attention_impl=None)
+    step, sync, _ = jax_contender(raw, batch, attention_impl=None, **model_kw)
     for _ in range(3):
         step()
     sync()

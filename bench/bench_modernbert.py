@@ -36,12 +36,15 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxsent.models import from_pretrained  # noqa: E402
+from jaxsent import losses  # noqa: E402
+from jaxsent.models import SentimentClassifier, from_pretrained  # noqa: E402
+from jaxsent.training.steps import build_steps, trainable_filter  # noqa: E402
 
 LR, WEIGHT_DECAY, CLIP = 5e-5, 0.01, 1.0
 BASE = dict(
@@ -109,6 +112,43 @@ def jax_step_fn(model, batch):
     return run
 
 
+def library_step_fn(encoder, batch, micro_batches: int):
+    """The library's train step (`build_steps`) on the same model: mean pooling, no dropout, BCE,
+    the same clipping and AdamW, the batch run as ``micro_batches`` micro-batches."""
+    model = SentimentClassifier(
+        encoder.config,
+        pooling="mean",
+        dropout_rate=0.0,
+        dtype=encoder.dtype,
+        rngs=nnx.Rngs(0),
+        encoder=encoder,
+    )
+    tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.adamw(LR, weight_decay=WEIGHT_DECAY))
+    optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
+    steps, state = build_steps(
+        model,
+        optimizer,
+        loss_fn=losses.get_loss("bce"),
+        dropout_key=jax.random.key(0),
+        micro_batches=micro_batches,
+    )
+    ids, mask, labels = batch
+    device_batch = {
+        "input_ids": jnp.asarray(ids),
+        "attention_mask": jnp.asarray(mask),
+        "labels": jnp.asarray(labels, jnp.int32),
+        "lengths": jnp.asarray(mask.sum(1), jnp.int32),
+        "where": jnp.ones(len(ids), bool),
+    }
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = steps.train_step(holder["state"], device_batch)
+        return float(metrics["loss"])
+
+    return run
+
+
 def torch_step_fn(hf, batch):
     import torch
 
@@ -151,6 +191,13 @@ def main(argv=None) -> None:
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a check that it runs")
+    parser.add_argument(
+        "--micro",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time the library's train step (build_steps) with these micro-batch counts",
+    )
     args = parser.parse_args(argv)
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 so that JAX compilation is not timed")
@@ -173,10 +220,15 @@ def main(argv=None) -> None:
     batch = make_batch(args.batch, args.length, shape["vocab_size"], args.seed)
     real_tokens = int(batch[1].sum())
 
-    runs = {
-        "jaxsent": jax_step_fn(Classifier(encoder, shape["hidden_size"]), batch),
-        "pytorch": torch_step_fn(hf, batch),
-    }
+    runs = {"jaxsent": jax_step_fn(Classifier(encoder, shape["hidden_size"]), batch)}
+    for count in args.micro:
+        with tempfile.TemporaryDirectory() as directory:  # its own copy of the weights
+            hf.save_pretrained(directory)
+            own = from_pretrained(
+                directory, dtype=jnp.dtype(args.dtype), attention_impl=args.attention_impl
+            )
+        runs[f"library-micro{count}"] = library_step_fn(own, batch, count)
+    runs["pytorch"] = torch_step_fn(hf, batch)
     for run in runs.values():
         for _ in range(args.warmup):
             run()
@@ -194,8 +246,10 @@ def main(argv=None) -> None:
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, t in times.items():
         print(f"  {name:8s} median {medians[name]:.3f} s/step  rounds {[round(x, 3) for x in t]}")
-    ratio = medians["pytorch"] / medians["jaxsent"]
-    print(f"  ratio pytorch/jaxsent: {ratio:.2f} (> 1: jaxsent faster)")
+    for name in medians:
+        if name != "pytorch":
+            ratio = medians["pytorch"] / medians[name]
+            print(f"  ratio pytorch/{name}: {ratio:.2f} (> 1: jaxsent faster)")
     sys.stdout.flush()
 
 

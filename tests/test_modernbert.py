@@ -164,6 +164,25 @@ def test_cudnn_key_lengths_are_the_real_tokens_in_local_and_global_masks():
         np.testing.assert_array_equal(modernbert.key_lengths(mask), [300, 200, 5])
 
 
+@pytest.mark.parametrize("layout", ["right", "left"])
+def test_banded_attention_equals_the_masked_full_attention(layout):
+    """Block-by-block local attention (what local layers run when the sequence is longer than
+    three windows) gives the masked full attention's outputs on real query rows, for a length
+    that is not a multiple of the window and padding on either side."""
+    batch, length, heads, head_dim, window = 3, 50, 2, 8, 7
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(key, (batch, length, heads, head_dim)) for key in keys)
+    lengths = np.array([50, 31, 3])
+    real = np.arange(length)[None, :] < lengths[:, None]
+    if layout == "left":
+        real = real[:, ::-1]
+    near = np.abs(np.arange(length)[:, None] - np.arange(length)[None, :]) <= window
+    mask = jnp.asarray(real[:, None, None, :] & near[None, None])
+    ref = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    ours = modernbert.banded_attention(q, k, v, jnp.asarray(real), window)
+    np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(ref)[real], atol=1e-6)
+
+
 def test_no_mask_means_no_padding(tiny):
     _, hf, ours = tiny
     ids, _ = _batch(batch=2, seed=2)
