@@ -68,19 +68,10 @@ from jaxsent.training.steps import build_steps, trainable_filter  # noqa: E402
 PEAK_FLOPS = CHIPS["h200"].peak_flops  # dense bf16, the data sheet's (same for the H100 SXM)
 GiB = 2**30
 
-# all-MiniLM-L6-v2's config.json (the main job's encoder; its weights do not travel here).
+# all-MiniLM-L6-v2's config.json (the main job's encoder; its weights do not travel here): BERT-base
+# but 384 wide, 6 layers deep and an FFN of 1,536.
 MINILM = dict(
-    model_type="bert",
-    vocab_size=30522,
-    hidden_size=384,
-    num_hidden_layers=6,
-    num_attention_heads=12,
-    intermediate_size=1536,
-    hidden_act="gelu",
-    max_position_embeddings=512,
-    type_vocab_size=2,
-    layer_norm_eps=1e-12,
-    pad_token_id=0,
+    architecture_config("bert-base"), hidden_size=384, num_hidden_layers=6, intermediate_size=1536
 )
 TINY = dict(
     MINILM, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
