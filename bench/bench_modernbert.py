@@ -16,12 +16,19 @@ one), randomly initialised (no weights can be downloaded here). The batch: rando
 with IMDB-like lengths (log-normal, median ~230 tokens, capped at ``--length``), padded to
 ``--length``; both frameworks get identical ids and masks.
 
+``--micro N ...`` also times the library's own train step (``build_steps``, what
+``python -m train`` runs) with the batch split into N micro-batches (``train.micro_batch_size``
+= batch / N); ``--attention-impl`` picks jaxsent's attention (``default``: the library's);
+``--no-barrier`` adds each library step without `modernbert.materialized_cotangent`, the A/B
+of that barrier.
+
 Timing: ``--warmup`` untimed steps each (the first JAX step compiles), then ``--repeats``
 rounds in which the frameworks alternate, so load from other processes hits both alike.
 Reports medians and the PyTorch/JAX ratio (> 1: jaxsent is faster).
 
-    .venv/bin/python bench/bench_modernbert.py --layers 6 --batch 32 --length 512 --repeats 5
-    .venv/bin/python bench/bench_modernbert.py --tiny  # a seconds-long check that it runs
+    .venv/bin/python bench/bench_modernbert.py --layers 6 --batch 32 --length 512 --repeats 3 \
+        --warmup 1 --micro 8 16
+    .venv/bin/python bench/bench_modernbert.py --tiny --micro 2 --no-barrier  # does it run
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxsent import losses  # noqa: E402
-from jaxsent.models import SentimentClassifier, from_pretrained  # noqa: E402
+from jaxsent.models import SentimentClassifier, from_pretrained, modernbert  # noqa: E402
 from jaxsent.training.steps import build_steps, trainable_filter  # noqa: E402
 
 LR, WEIGHT_DECAY, CLIP = 5e-5, 0.01, 1.0
@@ -149,6 +156,21 @@ def library_step_fn(encoder, batch, micro_batches: int):
     return run
 
 
+def without_residual_barrier(run):
+    """``run`` traced with `modernbert.materialized_cotangent` as the plain identity (the A/B of
+    the barrier that stops XLA:CPU from recomputing the residual gradient in every block)."""
+
+    def patched():
+        barrier = modernbert.materialized_cotangent
+        modernbert.materialized_cotangent = lambda x: x
+        try:
+            return run()
+        finally:
+            modernbert.materialized_cotangent = barrier
+
+    return patched
+
+
 def torch_step_fn(hf, batch):
     import torch
 
@@ -187,7 +209,14 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--attention-impl", choices=["xla", "einsum"], default="xla")
+    parser.add_argument(
+        "--attention-impl",
+        choices=["default", "xla", "einsum"],
+        nargs="+",
+        default=["default"],
+        help="jaxsent's attention_impl (default: the library's, None); with several, each "
+        "--micro count is timed with each",
+    )
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a check that it runs")
@@ -197,6 +226,11 @@ def main(argv=None) -> None:
         nargs="*",
         default=[],
         help="also time the library's train step (build_steps) with these micro-batch counts",
+    )
+    parser.add_argument(
+        "--no-barrier",
+        action="store_true",
+        help="also time each library step without the residual-gradient barrier",
     )
     args = parser.parse_args(argv)
     if args.warmup < 1:
@@ -210,24 +244,30 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(args.seed)
     shape = TINY if args.tiny else BASE
+    impls = [None if impl == "default" else impl for impl in args.attention_impl]
     config = transformers.ModernBertConfig(**shape, num_hidden_layers=args.layers, pad_token_id=0)
     hf = transformers.ModernBertModel(config)
     with tempfile.TemporaryDirectory() as directory:
         hf.save_pretrained(directory)
-        encoder = from_pretrained(
-            directory, dtype=jnp.dtype(args.dtype), attention_impl=args.attention_impl
-        )
+        encoder = from_pretrained(directory, dtype=jnp.dtype(args.dtype), attention_impl=impls[0])
     batch = make_batch(args.batch, args.length, shape["vocab_size"], args.seed)
     real_tokens = int(batch[1].sum())
 
     runs = {"jaxsent": jax_step_fn(Classifier(encoder, shape["hidden_size"]), batch)}
-    for count in args.micro:
-        with tempfile.TemporaryDirectory() as directory:  # its own copy of the weights
-            hf.save_pretrained(directory)
-            own = from_pretrained(
-                directory, dtype=jnp.dtype(args.dtype), attention_impl=args.attention_impl
-            )
-        runs[f"library-micro{count}"] = library_step_fn(own, batch, count)
+    for name, impl in zip(args.attention_impl, impls, strict=True):
+        for count in args.micro:
+            for barrier in (True, False) if args.no_barrier else (True,):
+                with tempfile.TemporaryDirectory() as directory:  # its own copy of the weights
+                    hf.save_pretrained(directory)
+                    own = from_pretrained(
+                        directory, dtype=jnp.dtype(args.dtype), attention_impl=impl
+                    )
+                label = f"library-micro{count}" + ("" if len(impls) == 1 else f"-{name}")
+                run = library_step_fn(own, batch, count)
+                if barrier:
+                    runs[label] = run
+                else:
+                    runs[f"{label}-nobarrier"] = without_residual_barrier(run)
     runs["pytorch"] = torch_step_fn(hf, batch)
     for run in runs.values():
         for _ in range(args.warmup):
@@ -239,7 +279,7 @@ def main(argv=None) -> None:
 
     print(
         f"ModernBERT train step, {args.layers} layers, batch {args.batch} x {args.length} "
-        f"({real_tokens} real tokens), jax {args.dtype} attention={args.attention_impl}, "
+        f"({real_tokens} real tokens), jax {args.dtype} attention={','.join(args.attention_impl)}, "
         f"torch {torch.__version__} attn={hf.config._attn_implementation}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
     )

@@ -124,12 +124,14 @@ def test_parity_per_submodule_on_a_padded_batch(tiny):
     assert diff <= TOL, f"full encoder: max abs diff {diff:.3g}"
 
 
-def test_parity_with_sdpa_and_with_explicit_attention(tiny):
-    """transformers' default attention (sdpa) and our einsum path give the same states."""
+def test_parity_with_sdpa_and_with_jax_dot_product_attention(tiny):
+    """transformers' default attention (sdpa) and ``attention_impl="xla"``
+    (``jax.nn.dot_product_attention``) give the same states; the other parity tests run the
+    default, the explicit einsum form."""
     directory, _, _ = tiny
     variant = "biases" if "biases" in directory else "default"
     hf = _hf_model(variant, attn="sdpa")
-    ours = modernbert_params.load_encoder(directory, attention_impl="einsum")
+    ours = modernbert_params.load_encoder(directory, attention_impl="xla")
     ids, mask = _batch(seed=1)
     with torch.no_grad():
         ref = hf(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask))
@@ -181,6 +183,38 @@ def test_banded_attention_equals_the_masked_full_attention(layout):
     ref = jax.nn.dot_product_attention(q, k, v, mask=mask)
     ours = modernbert.banded_attention(q, k, v, jnp.asarray(real), window)
     np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(ref)[real], atol=1e-6)
+
+
+def test_materialized_cotangent_is_the_identity_bit_for_bit():
+    """The residual-gradient barrier changes no value or gradient, whichever branch runs: the
+    first element picks the branch (finite: one, non-finite: the other)."""
+    specials = np.array([-0.0, 0.0, np.inf, -np.inf, np.nan, 1e-40, -3.5], np.float32)
+    x = jnp.arange(7, dtype=jnp.float32)
+    for first in (1.0, np.nan, np.inf):
+        cotangent = jnp.asarray(np.concatenate([[first], specials[1:]]).astype(np.float32))
+        value, vjp = jax.vjp(jax.jit(modernbert.materialized_cotangent), x)
+        (grad,) = jax.jit(vjp)(cotangent)
+        np.testing.assert_array_equal(value, x)
+        assert np.asarray(grad).tobytes() == np.asarray(cotangent).tobytes()
+
+
+def test_materialized_cotangent_is_a_conditional_in_the_cpu_backward_pass(tiny):
+    """On CPU the backward pass keeps one conditional per block (what stops XLA:CPU from
+    recomputing the residual gradient in every consumer); the forward pass has none."""
+    _, _, ours = tiny
+    ids, mask = (jnp.asarray(a) for a in _batch())
+    graphdef, state = nnx.split(ours)
+
+    def loss(state):
+        model = nnx.merge(graphdef, state)
+        return jnp.sum(model(ids, attention_mask=mask, deterministic=True).last_hidden_state)
+
+    def conditionals(fn):
+        hlo = jax.jit(fn).lower(state).compile().as_text()
+        return hlo.count(" conditional(")
+
+    assert conditionals(jax.grad(loss)) == ours.config.num_hidden_layers
+    assert conditionals(loss) == 0
 
 
 def test_no_mask_means_no_padding(tiny):

@@ -93,7 +93,8 @@ def from_pretrained(
       name_or_path: a folder with ``config.json`` and safetensors weights, a short name
         (``"minilm-l6"``) or a hub id (see :func:`jaxsent.models.checkpoint.resolve`).
       dtype: compute dtype; parameters are float32 whatever the file stores.
-      attention_impl: see :class:`jaxsent.models.bert.BertModel`.
+      attention_impl: see :class:`jaxsent.models.bert.BertModel` and, for ModernBERT,
+        :class:`jaxsent.models.modernbert.ModernBertModel` (its default differs).
       config_overrides: config fields to replace (e.g. dropout rates).
 
     Returns:

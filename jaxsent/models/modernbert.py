@@ -37,6 +37,8 @@ __all__ = [
     "ModernBertEncoder",
     "ModernBertModel",
     "ModernBertOutput",
+    "banded_attention",
+    "materialized_cotangent",
     "rotary_cos_sin",
 ]
 
@@ -300,6 +302,44 @@ def key_lengths(mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.any(mask[:, 0], axis=-2), axis=-1, dtype=jnp.int32)
 
 
+@jax.custom_vjp
+def materialized_cotangent(x: jax.Array) -> jax.Array:
+    """The identity, whose gradient XLA:CPU must compute once, as one array.
+
+    In a pre-norm stack the residual stream's gradient is a chain of elementwise adds through
+    every block. XLA:CPU fuses that chain into each of its consumers (the transposed copies the
+    weight-gradient dots read) and recomputes it there, from the last block back: work that
+    grows with the square of the depth (20% of a 6-layer ModernBERT step's CPU time,
+    docs/benchmarks.md). ``optimization_barrier`` does not stop it (XLA:CPU removes barriers
+    before fusion); a conditional does, as fusion never crosses one. Its two branches are the
+    identity, written differently so that XLA cannot merge them; which one runs does not
+    matter. Other platforms (``jax.lax.platform_dependent``) get the plain identity.
+    """
+    return x
+
+
+def _materialized_cotangent_fwd(x):
+    return x, None
+
+
+def _materialized_on_cpu(cotangent):
+    def identity(g):
+        return g
+
+    def also_identity(g):  # bit for bit, signed zeros, infinities and NaNs included
+        return jnp.copysign(jnp.abs(g), g)
+
+    pick = jnp.isfinite(cotangent.reshape(-1)[0])
+    return jax.lax.cond(pick, identity, also_identity, cotangent)
+
+
+def _materialized_cotangent_bwd(_, cotangent):
+    return (jax.lax.platform_dependent(cotangent, cpu=_materialized_on_cpu, default=lambda g: g),)
+
+
+materialized_cotangent.defvjp(_materialized_cotangent_fwd, _materialized_cotangent_bwd)
+
+
 def _meta(*axes: str | None) -> dict[str, Any]:
     return {"out_sharding": tuple(axes), "eager_sharding": False}
 
@@ -390,8 +430,7 @@ class ModernBertAttention(nnx.Module):
 
         ``local``: a sliding-window layer. Without attention dropout and with a sequence longer
         than three windows, it attends block by block (`banded_attention`) rather than through
-        the masked [L, L] scores; cuDNN's sliding window is causal only, so ``"cudnn"`` does the
-        same there.
+        the masked [L, L] scores, whatever ``attention_impl`` says.
         """
         qkv = self.Wqkv(x)  # [B, L, 3, heads, head_dim]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -399,18 +438,12 @@ class ModernBertAttention(nnx.Module):
         dropout_on = self.dropout.rate > 0 and not (
             self.dropout.deterministic if deterministic is None else deterministic
         )
-        if dropout_on or self.attention_impl == "einsum":
-            # jax.nn.dot_product_attention has no dropout on the probabilities.
-            scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-            logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-            probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
-            context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        elif self.attention_impl == "cudnn" and not local:
+        if local and not dropout_on and q.shape[1] > 3 * self.window:
+            context = banded_attention(q, k, v, jnp.any(mask[:, 0], axis=-2), self.window)
+        elif self.attention_impl == "cudnn" and not local and not dropout_on:
             # cuDNN takes padding as lengths (right padding only). Its sliding window is causal
             # only (jax 0.11: "cuDNN doesn't support right window"), so local layers take the
-            # masked path below.
+            # banded or masked path.
             lengths = key_lengths(mask)
             context = jax.nn.dot_product_attention(
                 q,
@@ -420,11 +453,18 @@ class ModernBertAttention(nnx.Module):
                 key_value_seq_lengths=lengths,
                 implementation="cudnn",
             )
-        elif local and q.shape[1] > 3 * self.window:
-            context = banded_attention(q, k, v, jnp.any(mask[:, 0], axis=-2), self.window)
+        elif self.attention_impl == "xla" and not dropout_on:
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
         else:
-            impl = None if self.attention_impl == "cudnn" else self.attention_impl
-            context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+            # The explicit form: the default, as it is faster on CPU than
+            # jax.nn.dot_product_attention's XLA form (docs/benchmarks.md), and the only one with
+            # dropout on the probabilities.
+            scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+            probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
+            context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
         return self.out_dropout(self.Wo(context), deterministic=deterministic, rngs=rngs)
 
 
@@ -522,7 +562,7 @@ class ModernBertEncoder(nnx.Module):
             block = nnx.remat(block, policy=REMAT_POLICIES[self.remat])
         for layer in self.layers:
             kind = LOCAL if layer.local else GLOBAL
-            x = block(layer, x, masks[kind], *ropes[kind], rngs)
+            x = block(layer, materialized_cotangent(x), masks[kind], *ropes[kind], rngs)
         return x
 
 
@@ -533,11 +573,15 @@ class ModernBertModel(nnx.Module):
       config: the architecture.
       dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``); parameters stay float32,
         rotary embeddings are applied in float32 (as HF).
-      attention_impl: as in :class:`jaxsent.models.bert.BertModel`: ``None``/``"xla"`` is
-        ``jax.nn.dot_product_attention`` with a boolean mask that combines padding and the
-        local window; ``"einsum"`` the explicit form (always used while attention dropout is
-        on); ``"cudnn"`` the fused GPU kernel in global layers (right padding only; local
-        layers keep the masked form: cuDNN's sliding window is causal only).
+      attention_impl: how the attention is computed where it is not block by block (a local
+        layer over more than three windows without attention dropout is always banded, see
+        :func:`banded_attention`). ``None`` (default) and ``"einsum"``: the explicit
+        ``softmax(q k^T) v`` einsums under a boolean mask that combines padding and the local
+        window (also whenever attention dropout is on); on CPU it is faster than
+        ``jax.nn.dot_product_attention``'s XLA form at small (micro-)batches (docs/benchmarks.md),
+        which is why ModernBERT's default differs from BERT's. ``"xla"``:
+        ``jax.nn.dot_product_attention`` with that mask. ``"cudnn"``: the fused GPU kernel in
+        global layers (right padding only; cuDNN's sliding window is causal only).
       remat, scan_layers: the layout of the blocks (see :class:`ModernBertEncoder`).
       rngs: parameter initialisation keys. Dropout keys are passed at call time.
     """
