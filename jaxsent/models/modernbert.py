@@ -309,7 +309,7 @@ def materialized_cotangent(x: jax.Array) -> jax.Array:
     In a pre-norm stack the residual stream's gradient is a chain of elementwise adds through
     every block. XLA:CPU fuses that chain into each of its consumers (the transposed copies the
     weight-gradient dots read) and recomputes it there, from the last block back: work that
-    grows with the square of the depth (20% of a 6-layer ModernBERT step's CPU time,
+    grows with the square of the depth (~16% of a 6-layer ModernBERT step's CPU time,
     docs/benchmarks.md). ``optimization_barrier`` does not stop it (XLA:CPU removes barriers
     before fusion); a conditional does, as fusion never crosses one. Its two branches are the
     identity, written differently so that XLA cannot merge them; which one runs does not
