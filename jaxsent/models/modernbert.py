@@ -439,7 +439,9 @@ class ModernBertAttention(nnx.Module):
             self.dropout.deterministic if deterministic is None else deterministic
         )
         if local and not dropout_on and q.shape[1] > 3 * self.window:
-            context = banded_attention(q, k, v, jnp.any(mask[:, 0], axis=-2), self.window)
+            # The local mask is padding & window, so its diagonal is the padding mask.
+            real = jnp.diagonal(mask[:, 0], axis1=-2, axis2=-1)
+            context = banded_attention(q, k, v, real, self.window)
         elif self.attention_impl == "cudnn" and not local and not dropout_on:
             # cuDNN takes padding as lengths (right padding only). Its sliding window is causal
             # only (jax 0.11: "cuDNN doesn't support right window"), so local layers take the
