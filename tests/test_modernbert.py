@@ -425,10 +425,10 @@ def test_bad_config_and_inputs_are_named():
 
 
 @pytest.mark.parametrize("strategy, mesh_shape", [("tp", (4, 2)), ("fsdp_tp", (4, 2))])
-def test_sharded_forward_equals_single_device(strategy, mesh_shape):
+def test_sharded_forward_and_gradients_equal_single_device(strategy, mesh_shape):
     """The logical axis names shard ModernBERT: tp splits the heads of the fused Wqkv and the
     MLP hidden layer of the fused Wi (never their 3 / 2 halves), and the sharded classifier
-    computes the single-device logits."""
+    computes the single-device logits and gradients."""
     from jaxsent import sharding
     from jaxsent.models import SentimentClassifier
 
@@ -460,3 +460,16 @@ def test_sharded_forward_equals_single_device(strategy, mesh_shape):
         got = forward(model, *batch)
     # Sharded matmuls split the float32 sums differently: a few ulps of O(1) logits.
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+    # Gradients too (the backward pass has the residual-gradient conditionals), fresh models so
+    # that both draw the same dropout masks.
+    grad = nnx.jit(lambda m, a, b: nnx.grad(lambda m: jnp.sum(m(a, b)))(m))
+    expected_grads = nnx.to_flat_state(grad(make(), jnp.asarray(ids), jnp.asarray(mask)))
+    model = make()
+    sharding.shard_model(model, mesh, strategy)
+    with jax.set_mesh(mesh):
+        got_grads = nnx.to_flat_state(grad(model, *batch))
+    for (path, want), (_, have) in zip(expected_grads, got_grads, strict=True):
+        want, have = np.asarray(want.get_value()), np.asarray(have.get_value())
+        scale = max(np.abs(want).max(), 1e-30)
+        np.testing.assert_allclose(have / scale, want / scale, atol=1e-5, rtol=0, err_msg=path)

@@ -329,7 +329,7 @@ def _materialized_on_cpu(cotangent):
     def also_identity(g):  # bit for bit, signed zeros, infinities and NaNs included
         return jnp.copysign(jnp.abs(g), g)
 
-    pick = jnp.isfinite(cotangent.reshape(-1)[0])
+    pick = jnp.isfinite(cotangent[(0,) * cotangent.ndim])
     return jax.lax.cond(pick, identity, also_identity, cotangent)
 
 
