@@ -18,11 +18,13 @@ import collections
 import glob
 import os
 import re
+import shutil
 import sys
 import tempfile
 
 WORK = tempfile.mkdtemp(prefix="jaxsent-profile-")
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={WORK}/hlo".strip()
+DUMP = f"--xla_dump_to={WORK}/hlo --xla_dump_hlo_module_re=train_step"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DUMP}".strip()
 sys.path.insert(0, os.path.dirname(__file__))
 
 import bench_modernbert as bench  # noqa: E402
@@ -63,6 +65,13 @@ def main(argv=None) -> None:
     run = bench.library_step_fn(encoder, batch, args.micro)
     if args.no_barrier:
         run = bench.without_residual_barrier(run)
+    try:
+        report(run, args)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+
+
+def report(run, args) -> None:
     run()  # compiles
     run()
     jax.profiler.start_trace(f"{WORK}/trace")
