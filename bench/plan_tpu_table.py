@@ -26,13 +26,14 @@ CONFIGS = {
     "modernbert": ("configs/modernbert_base_imdb.py", 32),
 }
 V5E8, V5E256, V5P8, V6E8 = "v5e:2x4", "v5e:16x16", "v5p:2x2x1", "v6e:2x4"
+V4_8 = "v4:2x2x1"  # v4-8: 4 chips of 2 TensorCores, each chip one (megacore) device
 H100X8, H200X8 = "h100:8", "h200:8"  # one host of 8 GPUs
 MODEL_AXIS = {"dp": 1, "fsdp": 1, "tp": 2}
 
 
 def _row(model, topology, strategy, remat, scan, max_batch):
     short = topology.replace(":2x4", "8").replace(":16x16", "256").replace(":2x2x1", "8")
-    short = short.replace(":8", "x8")
+    short = short.replace(":8", "x8").replace("v48", "v4-8")
     name = {"bert-base": "base", "bert-large": "large", "modernbert-base": "modernbert"}[model]
     layout = "scan" if scan else "unrolled"
     row_id = f"{name}-{short}-{strategy}-{remat}-{layout}"
@@ -49,6 +50,7 @@ ROWS = dict(
         ("bert-large", V5E256, "fsdp", "full", True, False),
         ("bert-large", V5P8, "fsdp", "full", True, False),
         ("bert-large", V6E8, "fsdp", "full", True, False),
+        ("bert-large", V4_8, "fsdp", "full", True, False),
         ("bert-large", V5E256, "dp", "full", True, False),
         ("bert-large", V5E256, "tp", "full", True, False),
         ("bert-large", V5E8, "tp", "full", True, False),
@@ -65,6 +67,7 @@ ROWS = dict(
         ("bert-base", V5E256, "fsdp", "full", True, False),
         ("bert-base", V5P8, "fsdp", "full", True, False),
         ("bert-base", V6E8, "fsdp", "full", True, False),
+        ("bert-base", V4_8, "fsdp", "full", True, False),
         ("modernbert-base", V5E8, "dp", "full", False, True),
         ("modernbert-base", V5E8, "tp", "full", False, True),
         # GPUs (jax's CUDA plugin, the gpu-plan extra; run with GPU_PLAN_PYTHON set to its python)

@@ -4,6 +4,7 @@ Tiny models (two layers, width 32) keep each compile to seconds. The model folde
 config.json: a plan needs no weights.
 """
 
+import dataclasses
 import json
 import math
 import re
@@ -404,8 +405,25 @@ def test_remat_and_scan_layers_log_the_same_losses_and_resume(model_dir, tmp_pat
     assert len(exported.encoder.encoder.layers) == 2
 
 
-def test_a_topology_with_one_device_per_tensorcore_is_refused_in_one_line():
-    # libtpu describes v4 with a device per TensorCore; jax's TPU mesh utilities need one per chip.
+def test_v4_is_planned_with_one_device_per_chip(tiny_folder):
+    # libtpu's default v4 description has a device per TensorCore; its megacore configuration has
+    # one per chip, as a v4 VM runs them (v4-8 is 4 chips).
+    planner = plan_lib.Planner(_config(tiny_folder, strategy="fsdp"), "v4:2x2x1")
+    devices = list(planner.mesh.devices.flat)
+    assert len(devices) == 4 and planner.hosts == 1
+    assert {d.device_kind for d in devices} == {"TPU v4"}
+    assert {d.core_on_chip for d in devices} == {0}
+    train, evaluation = planner.plan(all_shapes=False)
+    assert train.fits and evaluation.fits
+    assert train.collectives["all-gather"]["count"] >= 1
+
+
+def test_a_topology_with_one_device_per_tensorcore_is_refused_in_one_line(monkeypatch):
+    # Without the megacore configuration libtpu gives v4 a device per TensorCore; jax's TPU mesh
+    # utilities need one per chip, so the plan refuses such a description.
+    monkeypatch.setitem(
+        plan_lib.CHIPS, "v4", dataclasses.replace(plan_lib.CHIPS["v4"], megacore=False)
+    )
     with pytest.raises(ValueError, match=r"v4:2x2x1.*one device per TensorCore \(8 devices\)"):
         plan_lib.topology_devices("v4:2x2x1")
 

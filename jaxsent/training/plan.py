@@ -62,6 +62,8 @@ class Chip:
       peak_flops: peak dense bfloat16 FLOP/s per chip.
       platform: ``tpu`` (libtpu compiles) or ``cuda`` (jax's CUDA plugin compiles).
       target: for a GPU, the ``GpuTargetConfigProto`` file in ``gpu_targets/`` that describes it.
+      megacore: a TPU chip whose two TensorCores jax runs as one device (v4): libtpu describes
+        it that way only when asked for its ``megacore`` chip configuration.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Chip:
     peak_flops: float
     platform: str = "tpu"
     target: str | None = None
+    megacore: bool = False
 
     @property
     def usable_bytes(self) -> int:
@@ -93,7 +96,7 @@ class Chip:
 #   H200      https://www.nvidia.com/en-us/data-center/h200/  989 TFLOP/s; HBM3e 141 GB, 4.8 TB/s
 # with the memory nvidia-smi reports for the parts (81,559 MiB and 143,771 MiB).
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", 32 * GiB, 1200e9, 275e12),
+    "v4": Chip("v4", 32 * GiB, 1200e9, 275e12, megacore=True),
     "v5e": Chip("v5e", 16 * GiB, 819e9, 197e12),
     "v5p": Chip("v5p", 95 * GiB, 2765e9, 459e12),
     "v6e": Chip("v6e", 32 * GiB, 1600e9, 918e12),
@@ -143,13 +146,15 @@ def topology_devices(topology: str) -> list[Any]:
         )
     from jax.experimental import topologies
 
+    # Without the megacore chip configuration libtpu gives v4 one device per TensorCore (8 for
+    # v4:2x2x1), which jax's TPU mesh utilities refuse; a v4 VM runs each chip as one device.
+    options = {"chip_config_name": "megacore"} if chip.megacore else {}
     try:
-        devices = list(topologies.get_topology_desc(topology, "tpu").devices)
+        devices = list(topologies.get_topology_desc(topology, "tpu", **options).devices)
     except Exception as err:  # JaxRuntimeError from libtpu: an unknown or malformed shape
         message = " ".join(str(err).split())
         raise ValueError(f"--topology={topology!r}: libtpu cannot build it: {message}") from err
     if any(getattr(d, "core_on_chip", 0) for d in devices):
-        # libtpu 0.0.42.1 describes v4 this way; jax's mesh utilities refuse it ("megacore").
         raise ValueError(
             f"--topology={topology!r}: libtpu describes it with one device per TensorCore "
             f"({len(devices)} devices), and jax builds TPU meshes with one device per chip; "
