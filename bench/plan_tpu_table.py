@@ -29,14 +29,21 @@ V5E8, V5E256, V5P8, V6E8 = "v5e:2x4", "v5e:16x16", "v5p:2x2x1", "v6e:2x4"
 V4_8 = "v4:2x2x1"  # v4-8: 4 chips of 2 TensorCores, each chip one (megacore) device
 H100X8, H200X8 = "h100:8", "h200:8"  # one host of 8 GPUs
 MODEL_AXIS = {"dp": 1, "fsdp": 1, "tp": 2}
+SHORT = {
+    V5E8: "v5e8",
+    V5E256: "v5e256",
+    V5P8: "v5p8",
+    V6E8: "v6e8",
+    V4_8: "v4-8",
+    H100X8: "h100x8",
+    H200X8: "h200x8",
+}
 
 
 def _row(model, topology, strategy, remat, scan, max_batch):
-    short = topology.replace(":2x4", "8").replace(":16x16", "256").replace(":2x2x1", "8")
-    short = short.replace(":8", "x8").replace("v48", "v4-8")
     name = {"bert-base": "base", "bert-large": "large", "modernbert-base": "modernbert"}[model]
     layout = "scan" if scan else "unrolled"
-    row_id = f"{name}-{short}-{strategy}-{remat}-{layout}"
+    row_id = f"{name}-{SHORT[topology]}-{strategy}-{remat}-{layout}"
     return row_id, (model, topology, strategy, MODEL_AXIS[strategy], remat, scan, max_batch)
 
 
