@@ -3,17 +3,26 @@ ModernBERT-base (1,536 tokens) on TPU slices.
 
     python bench/plan_tpu_table.py run [ROW_ID ...]   # compile the rows not yet in docs/tpu/
     python bench/plan_tpu_table.py table              # the markdown table of what is there
+    python bench/plan_tpu_table.py recost [ROW_ID ...] # redo the scan rows' FLOPs and bytes
     GPU_PLAN_PYTHON=<venv with jaxsent[gpu-plan]>/bin/python python bench/plan_tpu_table.py run
 
 Each row is one `python -m train.plan` command (printed by `table`); its JSON goes to
 docs/tpu/<row id>.json and its stdout to docs/tpu/<row id>.txt. Rows run one after the other, in
 the order of ROWS. A row without its JSON is listed as not measured yet, with its command.
+
+`recost` compiles a row's shapes again at the batch its JSON reports (no --max_batch search) and
+takes their FLOPs, bytes accessed, roofline and MFU bound from the new plan, after checking that
+the compiler produced the same program (equal per-chip bytes and collectives). It was written
+when the plan learnt to cost every iteration of a loop (`jaxsent.training.plan.step_cost`):
+before, a scan_layers step was costed as if it had one layer. By default it redoes the rows with
+scan_layers (the only ones with loops).
 """
 
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,6 +141,49 @@ def run(row_ids: list[str]) -> None:
             print(result.stderr[-2000:])
 
 
+COST_FIELDS = ("flops", "bytes_accessed", "roofline_seconds", "mfu_bound")
+
+
+def recost(row_ids: list[str]) -> None:
+    for row_id in row_ids or [r for r, spec in ROWS.items() if spec[5]]:
+        path = OUT / f"{row_id}.json"
+        if not path.exists():
+            continue
+        plan = json.loads(path.read_text())
+        train = plan["shapes"][0]
+        cmd = [a for a in command(row_id) if a != "--max_batch" and not a.startswith("--output")]
+        cmd = [
+            f"--config.train.global_batch_size={train['global_batch']}"
+            if a.startswith("--config.train.global_batch_size=")
+            else a
+            for a in cmd
+        ]
+        gpu = ROWS[row_id][1].startswith("h")
+        cmd[0] = os.environ.get("GPU_PLAN_PYTHON", sys.executable) if gpu else sys.executable
+        with tempfile.TemporaryDirectory() as tmp:
+            output = Path(tmp) / "plan.json"
+            print(f"{row_id}: {' '.join(cmd[1:])}", flush=True)
+            result = subprocess.run(
+                [*cmd, f"--output={output}"], cwd=ROOT, capture_output=True, text=True
+            )
+            if result.returncode != 0 or not output.exists():
+                print(f"  exit {result.returncode}: {result.stderr[-2000:]}")
+                continue
+            new = json.loads(output.read_text())
+        old_shapes = {(s["step"], s["global_batch"], s["length"]): s for s in plan["shapes"]}
+        for shape in new["shapes"]:
+            old = old_shapes[(shape["step"], shape["global_batch"], shape["length"])]
+            if (old["bytes"], old["collectives"]) != (shape["bytes"], shape["collectives"]):
+                sys.exit(f"{row_id}: {shape['step']} compiled to another program; row not changed")
+            before = old["mfu_bound"]
+            old.update({field: shape[field] for field in COST_FIELDS})
+            print(f"  {shape['step']}: MFU bound {before:.2f} -> {shape['mfu_bound']:.2f}")
+        path.write_text(json.dumps(plan, indent=2) + "\n")
+        with (OUT / f"{row_id}.txt").open("a") as txt:
+            txt.write(f"\nrecosted, every loop iteration counted ({' '.join(cmd[1:])}):\n")
+            txt.write(result.stdout)
+
+
 def _gib(n) -> str:
     return "?" if n is None else f"{n / 2**30:.1f}"
 
@@ -178,6 +230,8 @@ def table() -> str:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["run"]:
         run(sys.argv[2:])
+    elif sys.argv[1:2] == ["recost"]:
+        recost(sys.argv[2:])
     elif sys.argv[1:2] == ["table"]:
         print(table())
     else:

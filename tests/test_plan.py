@@ -190,6 +190,54 @@ ENTRY %main (a: f32[8]) -> f32[8] {
     }
 
 
+def _matmul_scan(inner: int | None):
+    """A CPU-compiled scan of 10 [128, 256] @ [256, 256] matmuls (each one a scan of `inner`
+    such matmuls when `inner` is given) and its matmuls' FLOPs."""
+    import jax.numpy as jnp
+
+    def layer(x, w):
+        if inner is None:
+            return jnp.tanh(x @ w), None
+        return jax.lax.scan(lambda y, _: (jnp.tanh(y @ w), None), x, length=inner)[0], None
+
+    def f(ws, x):
+        return jax.lax.scan(layer, x, ws)[0].sum()
+
+    ws = jax.ShapeDtypeStruct((10, 256, 256), jax.numpy.float32)
+    x = jax.ShapeDtypeStruct((128, 256), jax.numpy.float32)
+    compiled = jax.jit(f).lower(ws, x).compile()
+    return compiled, 10 * (inner or 1) * 2 * 128 * 256 * 256
+
+
+@pytest.mark.parametrize("inner", [None, 3])
+def test_step_cost_counts_every_iteration_of_a_loop(inner):
+    compiled, matmul_flops = _matmul_scan(inner)
+    text = compiled.as_text()
+    once = compiled.cost_analysis()["flops"]
+    # XLA costs a loop body once: one matmul of the ten (of the thirty when nested) ...
+    assert once < 1.1 * matmul_flops / (10 * (inner or 1))
+    # ... step_cost counts them all, plus the final sum's 128 x 256 adds (exact: the
+    # generic analysis counts 2 m n k per matmul, nothing for tanh, a transcendental).
+    assert plan_lib.step_cost(compiled.cost_analysis(), text)["flops"] == matmul_flops + 128 * 256
+    assert plan_lib.step_cost(None, text)["flops"] == matmul_flops + 128 * 256
+
+
+# Scanned and unrolled programs are optimised differently (the tiny model's elementwise work is
+# a large share of its FLOPs), but their matmuls are the same. One layer of the six is 17% of
+# the encoder's FLOPs, so 1% (train) and 5% (eval) still catch a layer counted too few times.
+@pytest.mark.parametrize("strategy", ["dp", "fsdp"])
+def test_scan_layers_plans_cost_every_layer_like_the_unrolled_step(tmp_path, strategy):
+    folder = _model_folder(tmp_path, num_hidden_layers=6)
+    costs = {}
+    for scan_layers in (False, True):
+        config = _config(folder, strategy=strategy, scan_layers=scan_layers, remat="full")
+        planner = plan_lib.Planner(config, "v5e:2x2")
+        costs[scan_layers] = [planner.compile_shape(s, BATCH, LENGTH) for s in ("train", "eval")]
+    (train, eval_), (scan_train, scan_eval) = costs[False], costs[True]
+    assert scan_train.flops == pytest.approx(train.flops, rel=0.01)
+    assert scan_eval.flops == pytest.approx(eval_.flops, rel=0.05)
+
+
 def test_model_flops_are_six_n_t_plus_attention():
     config = tiny_config()
     n = 2 * (4 * 32 * 32 + 2 * 32 * 64)  # q, k, v, out and the feed-forward pair, 2 layers

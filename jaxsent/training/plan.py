@@ -42,8 +42,11 @@ __all__ = [
     "collectives",
     "cuda_plugin_installed",
     "find_max_batch",
+    "hlo_cost",
+    "loop_iterations_cost",
     "matmul_params",
     "model_flops",
+    "step_cost",
     "topology_devices",
 ]
 
@@ -292,13 +295,8 @@ def _shape_bytes(shape: str) -> int:
     return total
 
 
-def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
-    """Collectives of an optimised HLO module, by kind: ``{kind: {"count", "bytes"}}``.
-
-    Counts are executions per step: an op inside a while loop with a known trip count (the
-    encoder's scan under ``scan_layers``) counts once per iteration. Bytes are the per-chip
-    result size (for asynchronous pairs, the ``-done`` result; the ``-start`` is counted).
-    """
+def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
+    """An HLO module's computations (name -> instruction lines) and the name of its ENTRY."""
     computations: dict[str, list[str]] = {}
     entry, current = None, None
     for line in hlo_text.splitlines():
@@ -314,20 +312,42 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
             current = None
             continue
         computations[current].append(line)
+    return computations, entry
 
-    def _trip_count(line: str, called: dict[str, str]) -> int:
-        """A while loop's iterations: XLA's known_trip_count, else its condition's bound.
 
-        jax's scan loops count up from 0 while ``i < N`` (N an s32 constant of the condition).
-        """
-        if match := _TRIP_COUNT.search(line):
-            return int(match.group(1))
-        condition = computations.get(called.get("condition", "").lstrip("%"), [])
-        text = "\n".join(condition)
-        bounds = re.findall(r"s32\[\]\S*\s+constant\((\d+)\)", text)
-        if len(bounds) == 1 and "direction=LT" in text:
-            return int(bounds[0])
-        return 1
+def _called(line: str) -> dict[str, list[str]]:
+    """The computations an instruction calls, by role (``body``, ``condition``, ``calls``, ...)."""
+    return {
+        role: [n.strip().lstrip("%") for n in (group or single).split(",") if n.strip()]
+        for role, group, single in _CALLED.findall(line)
+    }
+
+
+def _trip_count(line: str, computations: dict[str, list[str]]) -> int:
+    """A while loop's iterations: XLA's known_trip_count, else its condition's bound.
+
+    jax's scan loops count up from 0 while ``i < N`` (N an s32 constant of the condition); the
+    TPU compiler's loops carry no known_trip_count.
+    """
+    if match := _TRIP_COUNT.search(line):
+        return int(match.group(1))
+    condition = "\n".join(
+        line for name in _called(line).get("condition", ()) for line in computations.get(name, ())
+    )
+    bounds = re.findall(r"s32\[\]\S*\s+constant\((\d+)\)", condition)
+    if len(bounds) == 1 and "direction=LT" in condition:
+        return int(bounds[0])
+    return 1
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Collectives of an optimised HLO module, by kind: ``{kind: {"count", "bytes"}}``.
+
+    Counts are executions per step: an op inside a while loop with a known trip count (the
+    encoder's scan under ``scan_layers``) counts once per iteration. Bytes are the per-chip
+    result size (for asynchronous pairs, the ``-done`` result; the ``-start`` is counted).
+    """
+    computations, entry = _computations(hlo_text)
 
     @functools.cache
     def counts(name: str) -> tuple[tuple[str, int, int], ...]:
@@ -344,12 +364,9 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
                     found.setdefault(kind, [0, 0])[1] += _shape_bytes(shape)
             if opcode in ("async-done", "async-update"):
                 continue  # the same computation as its async-start
-            called_by_role = {
-                role: group or single for role, group, single in _CALLED.findall(line)
-            }
-            for role, names in called_by_role.items():
-                times = _trip_count(line, called_by_role) if role == "body" else 1
-                for called in (n.strip().lstrip("%") for n in names.split(",") if n.strip()):
+            for role, names in _called(line).items():
+                times = _trip_count(line, computations) if role == "body" else 1
+                for called in names:
                     for kind, count, size in counts(called):
                         entry_ = found.setdefault(kind, [0, 0])
                         entry_[0] += times * count
@@ -359,6 +376,67 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     if entry is None:
         return {}
     return {kind: {"count": c, "bytes": b} for kind, c, b in counts(entry) if c or b}
+
+
+COST_KEYS = ("flops", "bytes accessed")
+
+
+def hlo_cost(hlo_text: str, *, entry: str | None = None) -> dict[str, float]:
+    """XLA's generic HloCostAnalysis of an HLO module's text, run on the CPU client.
+
+    Args:
+      hlo_text: the module, as ``compiled.as_text()`` prints it (any backend's).
+      entry: cost this computation of the module as if it were the ENTRY (default: the ENTRY).
+
+    Returns ``{"flops", "bytes accessed"}``. Uses private jax APIs (``jax._src.lib``): the only
+    way to cost a program without its backend, e.g. a GPU program compiled without a GPU.
+    """
+    from jax._src.lib import _jax, hlo
+
+    if entry is not None:
+        # The header's aliasing and layouts describe the old ENTRY's signature: drop them.
+        hlo_text = re.sub(r"^(HloModule\s+[^,\s]+).*$", r"\1", hlo_text, count=1, flags=re.M)
+        hlo_text = re.sub(r"^ENTRY\s+", "", hlo_text, flags=re.M)
+        entry_line = rf"^(%?{re.escape(entry)}\s)"
+        hlo_text = re.sub(entry_line, r"ENTRY \1", hlo_text, count=1, flags=re.M)
+    module = hlo.hlo_module_from_text(hlo_text)
+    cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+    return {key: float(cost.get(key, 0.0)) for key in COST_KEYS}
+
+
+def loop_iterations_cost(hlo_text: str) -> dict[str, float]:
+    """The FLOPs and bytes of every while loop's iterations after its first (`hlo_cost`).
+
+    XLA's cost analysis costs one iteration of a while loop (``HloCostAnalysis::HandleWhile``:
+    the trip count is not always known), so a ``scan_layers`` encoder's step is costed as if it
+    had one layer. Adding this to the module's cost counts each loop ``trip count`` times; a
+    loop nested in a loop's body counts for every iteration of the outer one.
+    """
+    computations, entry = _computations(hlo_text)
+
+    @functools.cache
+    def extra(name: str) -> tuple[float, ...]:
+        total = [0.0] * len(COST_KEYS)
+        for line in computations.get(name, ()):
+            match = _INSTRUCTION.match(line)
+            if match is None:
+                continue
+            for role, names in _called(line).items():
+                if role == "body":
+                    times = _trip_count(line, computations)
+                    for body in names:
+                        once = hlo_cost(hlo_text, entry=body)
+                        inner = extra(body)
+                        for i, key in enumerate(COST_KEYS):
+                            total[i] += (times - 1) * once[key] + times * inner[i]
+                elif role in ("calls", "branch_computations") and match.group(2) != "fusion":
+                    for called in names:
+                        total = [t + e for t, e in zip(total, extra(called), strict=True)]
+        return tuple(total)
+
+    if entry is None:
+        return dict.fromkeys(COST_KEYS, 0.0)
+    return dict(zip(COST_KEYS, extra(entry), strict=True))
 
 
 # --- shapes ----------------------------------------------------------------------------------
@@ -444,19 +522,32 @@ def _refused_sizes(message: str) -> dict[str, int | None]:
     return sizes
 
 
-def _generic_cost_analysis(compiled) -> dict[str, float]:
-    """XLA's generic HloCostAnalysis over the compiled (optimised) module, run on the CPU client.
+def step_cost(backend_cost: dict[str, float] | None, hlo_text: str) -> dict[str, float]:
+    """A compiled step's FLOPs and bytes accessed per chip, every loop iteration counted.
 
-    A private jax API (``jax._src.lib._jax.hlo_module_cost_analysis``): the only way to FLOPs
-    and bytes for a GPU program compiled without a GPU. Empty when it is not there.
+    Args:
+      backend_cost: the backend's ``compiled.cost_analysis()`` (a compile-only GPU executable
+        has none: XLA's generic analysis, `hlo_cost`, stands in).
+      hlo_text: the compiled module (``compiled.as_text()``).
+
+    The backend costs a while loop's body once. The iterations after the first are costed by the
+    generic analysis (`loop_iterations_cost`) and scaled by the backend's figure over the
+    generic one for the whole program, so that both parts are counted the backend's way (the
+    TPU compiler's bytes include its tiled layouts' padding).
     """
     try:
-        from jax._src.lib import _jax
-
-        module = compiled.runtime_executable().hlo_modules()[0]
-        return dict(_jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module))
-    except Exception:  # a jax without it: the plan reports no compiler FLOPs
-        return {}
+        generic = hlo_cost(hlo_text)
+        extra = loop_iterations_cost(hlo_text)
+    except Exception:  # private jax APIs (`hlo_cost`) missing: the backend's figures, one pass
+        generic, extra = {}, {}
+    base = backend_cost or generic
+    cost = {}
+    for key in COST_KEYS:
+        value = float(base.get(key, 0.0))
+        if extra.get(key) and generic.get(key):
+            value += extra[key] * value / generic[key]
+        cost[key] = value
+    return cost
 
 
 class Planner:
@@ -548,13 +639,14 @@ class Planner:
         }
         # Donated state buffers are reused for the new state: aliased outputs take no new HBM.
         sizes["peak"] = sum(sizes.values()) - int(memory.alias_size_in_bytes)
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        if not cost:  # a compile-only GPU executable has none ("not supported")
-            cost = _generic_cost_analysis(compiled)
-        flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-        # XLA's cost analysis counts a while loop's body once (a scan_layers encoder's layers),
-        # so the chip's share of the model FLOPs also bounds the work it does.
+        hlo_text = compiled.as_text()
+        backend_cost = compiled.cost_analysis()
+        if isinstance(backend_cost, (list, tuple)):
+            backend_cost = backend_cost[0] if backend_cost else None
+        cost = step_cost(backend_cost, hlo_text)
+        flops, accessed = cost["flops"], cost["bytes accessed"]
+        # The chip's share of the model FLOPs also bounds the work it does (were the compiler's
+        # count short of it).
         work = max(flops, flops_model / self.chips)
         roofline = max(work / self.chip.peak_flops, accessed / self.chip.hbm_bytes_per_second)
         mfu = flops_model / (self.chips * self.chip.peak_flops * roofline) if roofline else None
@@ -570,7 +662,7 @@ class Planner:
             model_flops=flops_model,
             roofline_seconds=roofline,
             mfu_bound=mfu,
-            collectives=collectives(compiled.as_text()),
+            collectives=collectives(hlo_text),
             compile_seconds=seconds,
         )
 
