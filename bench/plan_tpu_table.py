@@ -3,7 +3,7 @@ ModernBERT-base (1,536 tokens) on TPU slices.
 
     python bench/plan_tpu_table.py run [ROW_ID ...]   # compile the rows not yet in docs/tpu/
     python bench/plan_tpu_table.py table              # the markdown table of what is there
-    python bench/plan_tpu_table.py recost [ROW_ID ...] # redo the scan rows' FLOPs and bytes
+    python bench/plan_tpu_table.py recost [ROW_ID ...] # redo rows' FLOPs, bytes, collectives
     GPU_PLAN_PYTHON=<venv with jaxsent[gpu-plan]>/bin/python python bench/plan_tpu_table.py run
 
 Each row is one `python -m train.plan` command (printed by `table`); its JSON goes to
@@ -11,11 +11,13 @@ docs/tpu/<row id>.json and its stdout to docs/tpu/<row id>.txt. Rows run one aft
 the order of ROWS. A row without its JSON is listed as not measured yet, with its command.
 
 `recost` compiles a row's shapes again at the batch its JSON reports (no --max_batch search) and
-takes their FLOPs, bytes accessed, roofline and MFU bound from the new plan, after checking that
-the compiler produced the same program (equal per-chip bytes and collectives). It was written
-when the plan learnt to cost every iteration of a loop (`jaxsent.training.plan.step_cost`):
-before, a scan_layers step was costed as if it had one layer. By default it redoes the rows with
-scan_layers (the only ones with loops).
+takes their FLOPs, bytes accessed, roofline, MFU bound and collective counts from the new plan,
+after checking that the compiler produced the same program (equal per-chip bytes, the same kinds
+of collective). It was written when the plan learnt to count every iteration of a loop
+(`jaxsent.training.plan.step_cost`): first the encoder's scan under scan_layers (costed as one
+layer before), then the TPU compiler's windowed-einsum loops, whose counter the plan could not
+read (FSDP's collective matmuls on v5e-8 and v6e-8, in unrolled steps too). Without row ids it
+redoes every row.
 """
 
 import json
@@ -141,11 +143,11 @@ def run(row_ids: list[str]) -> None:
             print(result.stderr[-2000:])
 
 
-COST_FIELDS = ("flops", "bytes_accessed", "roofline_seconds", "mfu_bound")
+COST_FIELDS = ("flops", "bytes_accessed", "roofline_seconds", "mfu_bound", "collectives")
 
 
 def recost(row_ids: list[str]) -> None:
-    for row_id in row_ids or [r for r, spec in ROWS.items() if spec[5]]:
+    for row_id in row_ids or list(ROWS):
         path = OUT / f"{row_id}.json"
         if not path.exists():
             continue
@@ -173,7 +175,10 @@ def recost(row_ids: list[str]) -> None:
         old_shapes = {(s["step"], s["global_batch"], s["length"]): s for s in plan["shapes"]}
         for shape in new["shapes"]:
             old = old_shapes[(shape["step"], shape["global_batch"], shape["length"])]
-            if (old["bytes"], old["collectives"]) != (shape["bytes"], shape["collectives"]):
+            same = old["bytes"] == shape["bytes"] and set(old["collectives"]) == set(
+                shape["collectives"]
+            )
+            if not same:
                 sys.exit(f"{row_id}: {shape['step']} compiled to another program; row not changed")
             before = old["mfu_bound"]
             old.update({field: shape[field] for field in COST_FIELDS})

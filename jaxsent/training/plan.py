@@ -323,31 +323,149 @@ def _called(line: str) -> dict[str, list[str]]:
     }
 
 
-def _trip_count(line: str, computations: dict[str, list[str]]) -> int:
-    """A while loop's iterations: XLA's known_trip_count, else its condition's bound.
+_NAMED = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][\w\-]*)\(")
+_COMMENT = re.compile(r"/\*.*?\*/")
 
-    jax's scan loops count up from 0 while ``i < N`` (N an s32 constant of the condition); the
-    TPU compiler's loops carry no known_trip_count.
+
+@dataclasses.dataclass(frozen=True)
+class _Instruction:
+    """One HLO instruction line: its name, opcode, operand names and attributes."""
+
+    name: str
+    opcode: str
+    operands: tuple[str, ...]
+    attributes: str
+    root: bool
+
+
+def _instruction(line: str) -> _Instruction | None:
+    match = _NAMED.match(line)
+    if match is None:
+        return None
+    start = match.end()
+    depth = 1
+    for end in range(start, len(line)):
+        depth += {"(": 1, ")": -1}.get(line[end], 0)
+        if depth == 0:
+            break
+    else:
+        return None
+    operands = []
+    for part in _COMMENT.sub("", line[start:end]).split(","):
+        words = part.split()
+        if words:
+            operands.append(words[-1].lstrip("%"))
+    return _Instruction(
+        match.group(2), match.group(4), tuple(operands), line[end + 1 :], bool(match.group(1))
+    )
+
+
+def _instructions(lines: Iterable[str]) -> dict[str, _Instruction]:
+    found = {}
+    for line in lines:
+        if (inst := _instruction(line)) is not None:
+            found[inst.name] = inst
+    return found
+
+
+def _constant(name: str, instructions: dict[str, _Instruction]) -> int | None:
+    """The integer a scalar resolves to through copies and converts, if it is a constant."""
+    inst = instructions.get(name)
+    while inst is not None and inst.opcode in ("copy", "convert", "bitcast") and inst.operands:
+        inst = instructions.get(inst.operands[0])
+    if inst is None or inst.opcode != "constant" or len(inst.operands) != 1:
+        return None
+    try:
+        return int(inst.operands[0])
+    except ValueError:
+        return None
+
+
+def _tuple_index(name: str, instructions: dict[str, _Instruction]) -> int | None:
+    """k when ``name`` is element k of the computation's (tuple) parameter."""
+    inst = instructions.get(name)
+    if inst is None or inst.opcode != "get-tuple-element" or not inst.operands:
+        return None
+    source = instructions.get(inst.operands[0])
+    match = re.search(r"\bindex=(\d+)", inst.attributes)
+    if source is None or source.opcode != "parameter" or match is None:
+        return None
+    return int(match.group(1))
+
+
+def _trip_count(
+    line: str,
+    computations: dict[str, list[str]],
+    instructions: Callable[[str], dict[str, _Instruction]],
+    caller: str,
+) -> int:
+    """A while loop's iterations: XLA's known_trip_count, else what its induction variable says.
+
+    The TPU compiler's loops carry no known_trip_count. Their condition compares a counter (an
+    element of the loop's tuple) with a constant bound, ``i < N``; the body adds a constant
+    step to it, and the loop's initial tuple (in ``caller``) gives its start: ``ceil((N - start)
+    / step)`` iterations. jax's scan loops count 0, 1, ..., N - 1 (s32); the TPU's windowed
+    einsums (FSDP's collective matmuls) count 0, 2, ... below 4 (u32). A start or step that is
+    not a constant is taken as 0 or 1; a condition of another form counts once.
+
+    Args:
+      line: the ``while`` instruction.
+      computations: the module's computations (`_computations`).
+      instructions: a computation's instructions by name (`_instructions`, cached).
+      caller: the computation holding the ``while``.
     """
     if match := _TRIP_COUNT.search(line):
         return int(match.group(1))
-    condition = "\n".join(
-        line for name in _called(line).get("condition", ()) for line in computations.get(name, ())
-    )
-    bounds = re.findall(r"s32\[\]\S*\s+constant\((\d+)\)", condition)
-    if len(bounds) == 1 and "direction=LT" in condition:
-        return int(bounds[0])
-    return 1
+    called = _called(line)
+    if len(called.get("condition", ())) != 1 or len(called.get("body", ())) != 1:
+        return 1
+    condition = instructions(called["condition"][0])
+    root = next((i for i in condition.values() if i.root), None)
+    direction = re.search(r"\bdirection=(\w+)", root.attributes) if root else None
+    if root is None or root.opcode != "compare" or len(root.operands) != 2 or not direction:
+        return 1
+    op = direction.group(1)
+    left, right = root.operands
+    index, bound = _tuple_index(left, condition), _constant(right, condition)
+    if index is None:  # N > i
+        index, bound = _tuple_index(right, condition), _constant(left, condition)
+        op = {"GT": "LT", "GE": "LE"}.get(op, "")
+    if index is None or bound is None or op not in ("LT", "LE"):
+        return 1
+    body = instructions(called["body"][0])
+    step = None
+    result = next((i for i in body.values() if i.root), None)
+    if result is not None and result.opcode == "tuple" and index < len(result.operands):
+        update = body.get(result.operands[index])
+        if update is not None and update.opcode == "add" and len(update.operands) == 2:
+            a, b = update.operands
+            if _tuple_index(a, body) == index:
+                step = _constant(b, body)
+            elif _tuple_index(b, body) == index:
+                step = _constant(a, body)
+    start = None
+    loop = _instruction(line)
+    outer = instructions(caller)
+    initial = outer.get(loop.operands[0]) if loop is not None and loop.operands else None
+    if initial is not None and initial.opcode == "tuple" and index < len(initial.operands):
+        start = _constant(initial.operands[index], outer)
+    start, step = start or 0, step or 1
+    if step < 0:
+        return 1
+    span = bound - start + (1 if op == "LE" else 0)
+    return max(0, -(-span // step))
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     """Collectives of an optimised HLO module, by kind: ``{kind: {"count", "bytes"}}``.
 
-    Counts are executions per step: an op inside a while loop with a known trip count (the
-    encoder's scan under ``scan_layers``) counts once per iteration. Bytes are the per-chip
-    result size (for asynchronous pairs, the ``-done`` result; the ``-start`` is counted).
+    Counts are executions per step: an op inside a while loop (the encoder's scan under
+    ``scan_layers``, a TPU windowed einsum) counts once per iteration (`_trip_count`). Bytes
+    are the per-chip result size (for asynchronous pairs, the ``-done`` result; the ``-start``
+    is counted).
     """
     computations, entry = _computations(hlo_text)
+    instructions = functools.cache(lambda name: _instructions(computations.get(name, ())))
 
     @functools.cache
     def counts(name: str) -> tuple[tuple[str, int, int], ...]:
@@ -365,7 +483,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
             if opcode in ("async-done", "async-update"):
                 continue  # the same computation as its async-start
             for role, names in _called(line).items():
-                times = _trip_count(line, computations) if role == "body" else 1
+                times = _trip_count(line, computations, instructions, name) if role == "body" else 1
                 for called in names:
                     for kind, count, size in counts(called):
                         entry_ = found.setdefault(kind, [0, 0])
@@ -413,6 +531,7 @@ def loop_iterations_cost(hlo_text: str) -> dict[str, float]:
     loop nested in a loop's body counts for every iteration of the outer one.
     """
     computations, entry = _computations(hlo_text)
+    instructions = functools.cache(lambda name: _instructions(computations.get(name, ())))
 
     @functools.cache
     def extra(name: str) -> tuple[float, ...]:
@@ -423,7 +542,7 @@ def loop_iterations_cost(hlo_text: str) -> dict[str, float]:
                 continue
             for role, names in _called(line).items():
                 if role == "body":
-                    times = _trip_count(line, computations)
+                    times = _trip_count(line, computations, instructions, name)
                     for body in names:
                         once = hlo_cost(hlo_text, entry=body)
                         inner = extra(body)
