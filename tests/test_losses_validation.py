@@ -40,7 +40,8 @@ def call(fn, *, jit=False, **overrides):
 # ----------------------------------------------------------------------------------
 STRUCTURE_ERRORS = [
     # (override, exception, message naming the argument)
-    (dict(logits=np.zeros((B, 2), np.float32)), AssertionError, "logits of rank 2"),
+    # [B, 2] is the K-class form (tests/test_losses_multiclass.py); [B, 0] has no class.
+    (dict(logits=np.zeros((B, 0), np.float32)), AssertionError, "logits of rank 2"),
     (dict(logits=np.zeros((B, 1, 1), np.float32)), AssertionError, "logits must have shape"),
     (dict(logits=np.zeros((), np.float32)), AssertionError, "logits must have shape"),
     (dict(logits=np.zeros(B, np.int32)), TypeError, "logits must have a floating dtype, got int32"),

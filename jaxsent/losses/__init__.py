@@ -1,5 +1,12 @@
 """The seed's sentiment losses as pure, jittable, shardable JAX functions.
 
+Every loss takes binary logits [B] (or [B, 1]) with labels 0/1, or K-class logits [B, K]
+(K >= 2) with integer labels in [0, K): the same function handles both, choosing by the
+logits' shape. The K-class form is softmax cross entropy with the seed's terms carried
+over (smoothing: true class 1 - eps, others eps / (K - 1); focal modulator on the true
+class's softmax probability; confidence weight: the margin of the two top probabilities);
+at K = 2 with logits [0, z] it equals the binary form on z.
+
 Losses (scalar, mean over the real rows):
 
 * :func:`sentiment_weighted_loss` — BCE x normalised confidence x length weights;
@@ -16,7 +23,10 @@ which hypothesis each isolates is in its module, ``jaxsent.losses._presets``) an
 
 Per-example building blocks: :func:`sigmoid_binary_cross_entropy`,
 :func:`smooth_binary_labels`, :func:`focal_modulator`, :func:`confidence_weights`,
-:func:`length_weights`, :func:`normalize_weights`.
+:func:`length_weights`, :func:`normalize_weights`; their K-class siblings (logits
+[..., K], integer labels) :func:`softmax_cross_entropy_with_integer_labels`,
+:func:`smooth_class_labels`, :func:`softmax_focal_modulator`,
+:func:`softmax_confidence_weights`.
 
 Validation: :func:`check_loss_inputs` (the losses call it). Shape and dtype problems
 fail at trace time; bad values raise ``ValueError`` on concrete inputs, and under
@@ -27,6 +37,12 @@ fail at trace time; bad values raise ``ValueError`` on concrete inputs, and unde
     err.throw()
 """
 
+from jaxsent.losses._multiclass_terms import (
+    smooth_class_labels,
+    softmax_confidence_weights,
+    softmax_cross_entropy_with_integer_labels,
+    softmax_focal_modulator,
+)
 from jaxsent.losses._presets import LOSS_PRESETS, get_loss_preset
 from jaxsent.losses._registry import (
     LOSS_NAMES,
@@ -70,4 +86,8 @@ __all__ = (
     "sentiment_weighted_loss",
     "sigmoid_binary_cross_entropy",
     "smooth_binary_labels",
+    "smooth_class_labels",
+    "softmax_confidence_weights",
+    "softmax_cross_entropy_with_integer_labels",
+    "softmax_focal_modulator",
 )

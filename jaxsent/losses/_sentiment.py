@@ -1,13 +1,26 @@
-"""The seed's two sentiment losses, the plain BCE baseline, and the composable loss with
-every term of the seed's switchable, as pure JAX functions.
+r"""The seed's two sentiment losses, the plain BCE baseline, and the composable loss with
+every term of the seed's switchable, as pure JAX functions, binary or K-class.
+
+Two forms, chosen by the logits' shape (the same function handles both):
+
+* binary: ``logits`` [B] or [B, 1], ``labels`` [B] bool/int/float with values 0/1;
+  sigmoid BCE and the seed's terms exactly as the seed states them;
+* K classes: ``logits`` [B, K] with K >= 2, ``labels`` [B] integer class indices in
+  [0, K); softmax cross entropy, and each of the seed's terms in its K-class form
+  (:mod:`jaxsent.losses._multiclass_terms`): label smoothing gives the true class
+  :math:`1 - \epsilon` and every other class :math:`\epsilon / (K - 1)`, the focal
+  modulator uses the softmax probability of the true class, the confidence weight is
+  the margin of the two top probabilities. Length weights and the batch-mean
+  normalisation are unchanged. At K = 2 with logits :math:`[0, z]` every loss equals
+  its binary form on :math:`z` (within float32 rounding), so a 2-logit head trains as a
+  1-logit one does.
 
 Shared conventions:
 
-* ``logits`` [B] or [B, 1] floating (bf16/f16 are computed in float32, float64 stays
-  float64); ``labels`` [B] bool/int/float with values 0/1; ``lengths`` [B] int/float
-  token counts >= 0; ``where`` optional bool [B], True for the real rows of a
-  fixed-shape batch. Padding rows may hold anything (NaN included): they are replaced
-  before any arithmetic, so they reach neither the loss nor its gradient.
+* ``logits`` floating (bf16/f16 are computed in float32, float64 stays float64);
+  ``lengths`` [B] int/float token counts >= 0; ``where`` optional bool [B], True for the
+  real rows of a fixed-shape batch. Padding rows may hold anything (NaN included): they
+  are replaced before any arithmetic, so they reach neither the loss nor its gradient.
 * Every batch statistic (mean, maximum length, normalisation) is over the real rows, so
   ``loss(x, where=m) == loss(x[m])``.
 * An empty batch, or one with every row masked, has loss 0.0 and zero gradient.
@@ -24,13 +37,18 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jaxsent.losses import _terms, _validation
+from jaxsent.losses import _multiclass_terms, _terms, _validation
 
 
 def _prepare(logits, labels, lengths, where):
-    """Flattens and casts the inputs and neutralises padding rows."""
+    """Flattens and casts the inputs and neutralises padding rows.
+
+    K-class logits stay [B, K] and their labels stay integers (class indices).
+    """
     x = jnp.asarray(logits)
     dtype = _terms._float_dtype(x)  # pylint: disable=protected-access
+    if _validation.num_classes(x) is not None:
+        return _prepare_multiclass(x.astype(dtype), labels, lengths, where)
     x = jnp.ravel(x).astype(dtype)
     y = jnp.asarray(labels).astype(dtype)
     n = None if lengths is None else jnp.asarray(lengths).astype(dtype)
@@ -41,6 +59,36 @@ def _prepare(logits, labels, lengths, where):
         if n is not None:
             n = jnp.where(where, n, 0.0)
     return x, y, n, where
+
+
+def _prepare_multiclass(x, labels, lengths, where):
+    y = jnp.asarray(labels)
+    n = None if lengths is None else jnp.asarray(lengths).astype(x.dtype)
+    if where is not None:
+        where = jnp.asarray(where)
+        x = jnp.where(where[:, None], x, 0.0)
+        y = jnp.where(where, y, 0)
+        if n is not None:
+            n = jnp.where(where, n, 0.0)
+    return x, y, n, where
+
+
+def _cross_entropy(x, y):
+    """The per-example unsmoothed cross entropy: sigmoid BCE for logits [B], softmax for
+    [B, K]."""
+    if x.ndim == 2:
+        return _multiclass_terms.softmax_cross_entropy_with_integer_labels(x, y)
+    return _terms.sigmoid_binary_cross_entropy(x, y)
+
+
+def _focal_smoothed_cross_entropy(x, y, *, gamma, epsilon, detach_modulator):
+    """The per-example modulated smoothed cross entropy of either form (fused)."""
+    focal = (
+        _multiclass_terms.focal_smoothed_softmax_cross_entropy
+        if x.ndim == 2
+        else _terms.focal_smoothed_bce
+    )
+    return focal(x, y, gamma=gamma, epsilon=epsilon, detach_modulator=detach_modulator)
 
 
 def _mean_over_real_rows(values, where):
@@ -80,7 +128,13 @@ def _combined_weights(x, n, where, min_length_weight, *, confidence=True, length
     """
     factors = []
     if confidence:
-        factors.append(_terms.confidence_weights(x))
+        # Binary logits are [B] here (_prepare flattens [B, 1]); K-class ones [B, K].
+        confidence_weights = (
+            _multiclass_terms.softmax_confidence_weights
+            if x.ndim == 2
+            else _terms.confidence_weights
+        )
+        factors.append(confidence_weights(x))
     if length:
         factors.append(_terms.length_weights(n, min_length_weight=min_length_weight, where=where))
     return functools.reduce(operator.mul, factors) if factors else None
@@ -97,18 +151,23 @@ def bce_loss(
     *,
     where: chex.Array | None = None,
 ) -> chex.Array:
-    """Plain mean sigmoid binary cross entropy over the real rows (the 'bce' baseline).
+    """Plain mean cross entropy over the real rows (the 'bce' baseline).
 
-    ``lengths`` is accepted and ignored, so that the three losses share one call
-    signature.
+    Sigmoid binary cross entropy for logits [B] or [B, 1]; softmax cross entropy
+    (:func:`softmax_cross_entropy_with_integer_labels`) for logits [B, K], of which the
+    binary form is the K = 2 case. ``lengths`` is accepted and ignored, so that the
+    losses share one call signature.
 
     >>> import jax.numpy as jnp
     >>> bce_loss(jnp.array([0.0, 0.0]), jnp.array([0, 1]))
     Array(0.6931472, dtype=float32)
+    >>> bce_loss(jnp.zeros((2, 3)), jnp.array([0, 2]))  # K = 3 classes: log 3
+    Array(1.0986123, dtype=float32)
 
     Args:
-      logits: floating logits [B] or [B, 1].
-      labels: hard labels [B] (bool, int or float 0/1).
+      logits: floating logits [B] or [B, 1] (binary), or [B, K] with K >= 2.
+      labels: hard labels [B]: 0/1 (bool, int or float) for binary logits, integer
+        class indices in [0, K) for logits [B, K].
       lengths: ignored.
       where: optional bool [B]; True marks the real rows.
 
@@ -118,7 +177,7 @@ def bce_loss(
     del lengths
     _validation.check_loss_inputs(logits, labels, where=where)
     x, y, _, where = _prepare(logits, labels, None, where)
-    return _mean_over_real_rows(_terms.sigmoid_binary_cross_entropy(x, y), where)
+    return _mean_over_real_rows(_cross_entropy(x, y), where)
 
 
 def sentiment_weighted_loss(
@@ -139,7 +198,9 @@ def sentiment_weighted_loss(
     with :math:`\ell_i` the sigmoid BCE against the hard label and the sum, mean and
     maximum over the real rows. Gradients flow through the confidence weights and the
     normalisation, as in the seed; ``stop_gradient_weights=True`` treats the weights
-    as constants instead.
+    as constants instead. For logits [B, K], :math:`\ell_i` is the softmax cross entropy
+    and :math:`|\tanh(x_i/2)|` becomes :func:`softmax_confidence_weights` (the margin
+    of the two top probabilities; the same at K = 2).
 
     Edge cases: all lengths 0 gives length weights 1; if the weights sum to at most
     :math:`10^{-8}` (every logit exactly 0) they become uniform, so the loss is the mean
@@ -152,8 +213,10 @@ def sentiment_weighted_loss(
     Array(0.4299215, dtype=float32)
 
     Args:
-      logits: floating logits [B] or [B, 1]; finite on real rows.
-      labels: hard labels [B] (bool, int or float 0/1).
+      logits: floating logits [B] or [B, 1] (binary), or [B, K] with K >= 2; finite on
+        real rows.
+      labels: hard labels [B]: 0/1 (bool, int or float) for binary logits, integer
+        class indices in [0, K) for logits [B, K].
       lengths: token counts [B] (int or float, >= 0).
       min_length_weight: lower clamp of the length weight, in [0, 1].
       where: optional bool [B]; True marks the real rows.
@@ -176,7 +239,7 @@ def sentiment_weighted_loss(
     )
     x, y, n, where = _prepare(logits, labels, lengths, where)
     return _mean_with_normalized_weights(
-        _terms.sigmoid_binary_cross_entropy(x, y),
+        _cross_entropy(x, y),
         _combined_weights(x, n, where, min_length_weight),
         where,
         stop_gradient_weights,
@@ -206,6 +269,11 @@ def sentiment_focal_loss(
     and the normalisation, as in the seed; ``stop_gradient_weights=True`` treats the
     modulator and the weights as constants.
 
+    For logits [B, K] each term takes its K-class form: :math:`\ell'_i` the softmax cross
+    entropy against :func:`smooth_class_labels` (true class :math:`1 - \epsilon`, others
+    :math:`\epsilon / (K - 1)`), :math:`f_i` the :func:`softmax_focal_modulator`, the
+    confidence the :func:`softmax_confidence_weights` margin.
+
     ``min_length_weight=0.1`` follows the seed's document; ``0.0`` reproduces the seed's
     original focal code. With ``gamma_focal=0``, ``label_smoothing_epsilon=0`` and equal
     ``min_length_weight`` this is :func:`sentiment_weighted_loss`. Edge cases are those of
@@ -218,11 +286,13 @@ def sentiment_focal_loss(
     Array(0.16941284, dtype=float32)
 
     Args:
-      logits: floating logits [B] or [B, 1]; finite on real rows.
-      labels: hard labels [B] (bool, int or float 0/1).
+      logits: floating logits [B] or [B, 1] (binary), or [B, K] with K >= 2; finite on
+        real rows.
+      labels: hard labels [B]: 0/1 (bool, int or float) for binary logits, integer
+        class indices in [0, K) for logits [B, K].
       lengths: token counts [B] (int or float, >= 0).
       gamma_focal: focal exponent; > 0 standard, < 0 reversed, 0 none.
-      label_smoothing_epsilon: binary label smoothing, in [0, 1).
+      label_smoothing_epsilon: label smoothing, in [0, 1).
       min_length_weight: lower clamp of the length weight, in [0, 1].
       where: optional bool [B]; True marks the real rows.
       stop_gradient_weights: if True, no gradient flows through the modulator and the
@@ -246,9 +316,9 @@ def sentiment_focal_loss(
         stop_gradient_weights=stop_gradient_weights,
     )
     x, y, n, where = _prepare(logits, labels, lengths, where)
-    # = focal_modulator(x, y, gamma=...) * sigmoid_binary_cross_entropy(x, y, ...),
-    # fused for speed (see _terms._focal_bce); the tests check the equality.
-    modulated_bce = _terms.focal_smoothed_bce(
+    # = focal_modulator(x, y, gamma=...) * sigmoid_binary_cross_entropy(x, y, ...) (or
+    # their softmax forms), fused (see _terms._focal_bce); the tests check the equality.
+    modulated_bce = _focal_smoothed_cross_entropy(
         x,
         y,
         gamma=gamma_focal,
@@ -302,6 +372,9 @@ def sentiment_loss(
     * the same and ``gamma_focal``, ``label_smoothing_epsilon`` (not both 0):
       :func:`sentiment_focal_loss` with those values.
 
+    For logits [B, K] every term takes its K-class form, as in
+    :func:`sentiment_focal_loss`, and the same special cases hold.
+
     ``lengths`` is read only with ``length_weighting=True`` (otherwise ignored, as by
     :func:`bce_loss`). Conventions (``where``, dtypes, validation, empty batch -> 0) are
     those of :func:`sentiment_focal_loss`.
@@ -318,12 +391,14 @@ def sentiment_loss(
     Array(0.46622995, dtype=float32)
 
     Args:
-      logits: floating logits [B] or [B, 1]; finite on real rows.
-      labels: hard labels [B] (bool, int or float 0/1).
+      logits: floating logits [B] or [B, 1] (binary), or [B, K] with K >= 2; finite on
+        real rows.
+      labels: hard labels [B]: 0/1 (bool, int or float) for binary logits, integer
+        class indices in [0, K) for logits [B, K].
       lengths: token counts [B] (int or float, >= 0); required if ``length_weighting``.
       length_weighting: multiply the weights by :func:`length_weights`.
       confidence_weighting: multiply the weights by :func:`confidence_weights`.
-      label_smoothing_epsilon: binary label smoothing, in [0, 1); 0 means none.
+      label_smoothing_epsilon: label smoothing, in [0, 1); 0 means none.
       gamma_focal: focal exponent; > 0 standard, < 0 reversed, 0 none.
       min_length_weight: lower clamp of the length weight, in [0, 1] (used only with
         ``length_weighting``, checked always).
@@ -364,9 +439,9 @@ def sentiment_loss(
     # The per-example term each seed loss computes for the same setting: the plain BCE of
     # bce_loss and sentiment_weighted_loss, or sentiment_focal_loss's fused modulated BCE.
     if _is_static_zero(gamma_focal) and _is_static_zero(label_smoothing_epsilon):
-        per_example = _terms.sigmoid_binary_cross_entropy(x, y)
+        per_example = _cross_entropy(x, y)
     else:
-        per_example = _terms.focal_smoothed_bce(
+        per_example = _focal_smoothed_cross_entropy(
             x,
             y,
             gamma=gamma_focal,

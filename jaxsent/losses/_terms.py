@@ -189,14 +189,23 @@ def focal_modulator(
     positive = jnp.asarray(labels) != 0
     p_t = jnp.where(positive, sigmoid_x, sigmoid_neg_x)
     one_minus_p_t = jnp.where(positive, sigmoid_neg_x, sigmoid_x)
+    return focal_power(p_t, one_minus_p_t, gamma)
+
+
+def focal_power(p_t: chex.Array, one_minus_p_t: chex.Array, gamma: chex.Numeric) -> chex.Array:
+    r"""The seed's modulator from :math:`p_t` and :math:`1 - p_t` (each formed without
+    cancellation by the caller): :math:`(1 - p_t + 10^{-8})^{\gamma}` for ``gamma > 0``,
+    :math:`(p_t + 10^{-8})^{|\gamma|}` for ``gamma < 0``, 1 for ``gamma = 0``. A Python
+    ``gamma`` selects the branch statically; a traced one selects it with ``jnp.where``.
+    Shared by the binary and the K-class modulators."""
     if isinstance(gamma, (int, float)):
         if gamma == 0:
-            return jnp.ones_like(x)
+            return jnp.ones_like(p_t)
         base = one_minus_p_t if gamma > 0 else p_t
         exponent = abs(float(gamma))
     else:
         base = jnp.where(gamma >= 0, one_minus_p_t, p_t)
-        exponent = jnp.abs(gamma).astype(x.dtype)
+        exponent = jnp.abs(gamma).astype(p_t.dtype)
     return _power(base + STABILIZER, exponent)
 
 

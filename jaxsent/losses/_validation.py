@@ -5,12 +5,12 @@ Two kinds of problems are caught, at two different times:
 * Structural problems (rank, shape, dtype) are static under ``jax.jit``, so they are
   reported at trace time: shape problems by ``chex`` assertions (``AssertionError``),
   dtype problems by ``TypeError``. Every message names the offending argument.
-* Value problems (labels outside {0, 1}, negative lengths, non-finite logits, a
-  hyperparameter out of range) depend on data. When the data is concrete (eager
-  call) they raise ``ValueError`` naming the argument and the offending value. When
-  the data is traced (under ``jax.jit``) the same predicates are emitted as
-  :func:`jax.experimental.checkify.debug_check` calls: they cost nothing unless the
-  caller wraps the computation in :func:`jax.experimental.checkify.checkify`.
+* Value problems (labels outside {0, 1}, or outside [0, K) for K-class logits; negative
+  lengths; non-finite logits; a hyperparameter out of range) depend on data. When the
+  data is concrete (eager call) they raise ``ValueError`` naming the argument and the
+  offending value. When the data is traced (under ``jax.jit``) the same predicates are
+  emitted as :func:`jax.experimental.checkify.debug_check` calls: they cost nothing
+  unless the caller wraps the computation in :func:`jax.experimental.checkify.checkify`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ def _dtype_name(x: Any) -> str:
     return str(jnp.result_type(x))
 
 
+def num_classes(logits: chex.Array) -> int | None:
+    """K for K-class logits [B, K] (K >= 2); None for binary logits [B] or [B, 1]."""
+    if jnp.ndim(logits) == 2 and jnp.shape(logits)[1] >= 2:
+        return int(jnp.shape(logits)[1])
+    return None
+
+
 def check_structure(
     logits: chex.Array,
     labels: chex.Array,
@@ -41,8 +48,8 @@ def check_structure(
     """Checks ranks, shapes and dtypes (static: runs at trace time under ``jax.jit``).
 
     Args:
-      logits: floating array of shape [B] or [B, 1].
-      labels: bool, integer or floating array of shape [B].
+      logits: floating array of shape [B] or [B, 1] (binary), or [B, K] with K >= 2.
+      labels: shape [B]; bool, integer or floating for binary logits, integer for [B, K].
       lengths: integer or floating array of shape [B], or None (not checked).
       where: bool array of shape [B], or None.
 
@@ -53,10 +60,18 @@ def check_structure(
       AssertionError: (from chex) a rank or shape is wrong; the message names the argument.
       TypeError: a dtype is wrong; the message names the argument and the dtype.
     """
-    chex.assert_rank(logits, {1, 2}, custom_message="logits must have shape [B] or [B, 1]")
+    chex.assert_rank(
+        logits,
+        {1, 2},
+        custom_message="logits must have shape [B] or [B, 1] (binary) or [B, K] (K >= 2 classes)",
+    )
     if jnp.ndim(logits) == 2:
-        chex.assert_axis_dimension(
-            logits, 1, 1, custom_message="logits of rank 2 must have shape [B, 1]"
+        chex.assert_axis_dimension_gt(
+            logits,
+            1,
+            0,
+            custom_message="logits of rank 2 must have shape [B, 1] (binary) or [B, K] with "
+            "K >= 2 classes",
         )
     if not jnp.issubdtype(jnp.result_type(logits), jnp.floating):
         raise TypeError(f"logits must have a floating dtype, got {_dtype_name(logits)}")
@@ -65,6 +80,12 @@ def check_structure(
     chex.assert_shape(
         labels, (batch,), custom_message=f"labels must have shape [B] = ({batch},) like logits"
     )
+    k = num_classes(logits)
+    if k is not None and not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise TypeError(
+            f"labels must be integer class indices in [0, {k}) for logits of shape [B, K] = "
+            f"{tuple(jnp.shape(logits))}, got {_dtype_name(labels)}"
+        )
     if not (
         jnp.issubdtype(jnp.result_type(labels), jnp.bool_)
         or jnp.issubdtype(jnp.result_type(labels), jnp.integer)
@@ -129,6 +150,45 @@ def _check_array_values(name, values, bad_fn, where, requirement):
         index = int(np.argmax(bad))
         raise ValueError(
             f"{name} {requirement}; got {values[index]!r} at index {index} "
+            f"({int(bad.sum())} bad value(s) in total)"
+        )
+
+
+def _check_matrix_values(name, values, bad_fn, where, requirement):
+    """:func:`_check_array_values` for values [B, K]: reports the first bad entry of a real
+    row as ``at index (row, column)``.
+
+    Traced, no reshape and no dynamic index: both would fail on a batch sharded over an
+    explicit mesh axis; the offending entry is picked out with masked reductions.
+    """
+    if jnp.size(values) == 0:
+        return
+    if any(_is_traced(a) for a in (values, where) if a is not None):
+        bad = bad_fn(jnp, values)
+        if where is not None:
+            bad = bad & where[:, None]
+        row = jnp.argmax(jnp.any(bad, axis=1))
+        in_row = (jnp.arange(values.shape[0]) == row)[:, None]
+        column = jnp.argmax(jnp.any(bad & in_row, axis=0))
+        at = in_row & (jnp.arange(values.shape[1]) == column)
+        checkify.debug_check(
+            jnp.logical_not(jnp.any(bad)),
+            f"{name} {requirement}; got {{value}} at index ({{row}}, {{column}}) "
+            "({count} bad value(s) in total)",
+            value=jnp.sum(jnp.where(at, values, 0)),
+            row=row,
+            column=column,
+            count=jnp.sum(bad),
+        )
+        return
+    values = np.asarray(values)
+    bad = bad_fn(np, values)
+    if where is not None:
+        bad = bad & np.asarray(where)[:, None]
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} {requirement}; got {values[row, column]!r} at index ({row}, {column}) "
             f"({int(bad.sum())} bad value(s) in total)"
         )
 
@@ -233,8 +293,10 @@ def check_loss_inputs(
     labels must be 0 or 1; got 2 at index 1...
 
     Args:
-      logits: floating array [B] or [B, 1]; must be finite on real rows.
-      labels: bool, integer or floating array [B]; must be 0 or 1 on real rows.
+      logits: floating array [B] or [B, 1] (binary) or [B, K] (K >= 2 classes); must be
+        finite on real rows.
+      labels: array [B]. Binary logits: bool, integer or floating, 0 or 1 on real rows.
+        Logits [B, K]: integer class indices in [0, K) on real rows.
       lengths: integer or floating array [B] of token counts, finite and >= 0 on real
         rows; None skips these checks.
       where: optional bool array [B]; True marks real rows.
@@ -245,12 +307,16 @@ def check_loss_inputs(
       length_weighting: optional switch to check (Python bool).
       confidence_weighting: optional switch to check (Python bool).
 
+    A label outside [0, K) for K-class logits is reported the same way::
+
+      labels must be class indices in [0, 5) for logits with K = 5 classes; got 7 at index 3 ...
+
     Raises:
       AssertionError: a rank or shape is wrong (chex; the message names the argument).
-      TypeError: a dtype is wrong (the message names the argument and the dtype), or a
-        switch is not a Python bool.
+      TypeError: a dtype is wrong (the message names the argument and the dtype; labels of
+        K-class logits must be integers), or a switch is not a Python bool.
       ValueError: a concrete value is invalid (the message names the argument, the value
-        and its index).
+        and its index; for K-class logits the index is (row, class)).
     """
     check_structure(logits, labels, lengths, where)
     check_hyperparameters(
@@ -261,7 +327,16 @@ def check_loss_inputs(
         length_weighting=length_weighting,
         confidence_weighting=confidence_weighting,
     )
-    if not jnp.issubdtype(jnp.result_type(labels), jnp.bool_):
+    k = num_classes(logits)
+    if k is not None:
+        _check_array_values(
+            "labels",
+            labels,
+            lambda xnp, y: (y < 0) | (y >= k),
+            where,
+            f"must be class indices in [0, {k}) for logits with K = {k} classes",
+        )
+    elif not jnp.issubdtype(jnp.result_type(labels), jnp.bool_):
         _check_array_values(
             "labels", labels, lambda xnp, y: (y != 0) & (y != 1), where, "must be 0 or 1"
         )
@@ -273,4 +348,11 @@ def check_loss_inputs(
             where,
             "must be finite and >= 0",
         )
-    _check_array_values("logits", logits, lambda xnp, x: ~xnp.isfinite(x), where, "must be finite")
+    if k is not None:
+        _check_matrix_values(
+            "logits", logits, lambda xnp, x: ~xnp.isfinite(x), where, "must be finite"
+        )
+    else:
+        _check_array_values(
+            "logits", logits, lambda xnp, x: ~xnp.isfinite(x), where, "must be finite"
+        )
