@@ -1,10 +1,10 @@
-"""Post-hoc temperature scaling of a binary classifier (Guo et al., 2017).
+"""Post-hoc temperature scaling of a binary or K-class classifier (Guo et al., 2017).
 
 Temperature scaling divides every logit by one scalar ``T > 0`` fitted on the
-validation split by minimising the mean binary negative log-likelihood. It never changes
-a prediction (the sign of ``z / T`` is the sign of ``z``), so accuracy is untouched and
-only the confidence moves; it is the baseline that any "this loss calibrates better"
-claim has to beat.
+validation split by minimising the mean negative log-likelihood. It never changes a
+prediction (the sign of ``z / T`` is the sign of ``z``, the argmax of ``z / T`` that of ``z``),
+so accuracy is untouched and only the confidence moves; it is the baseline that any "this
+loss calibrates better" claim has to beat.
 
 How the fit works. Write ``m_i = z_i`` for a positive row and ``m_i = -z_i`` for a
 negative one (the signed margin) and ``s = 1 / T``. The mean NLL of the scaled logits is
@@ -24,6 +24,17 @@ that interval), which is exact up to rounding, cannot diverge, needs no step siz
 compiles to one ``lax.fori_loop``. Only the sign of the sum is needed, so masked rows
 (margin 0) contribute exactly nothing and no row count enters the fit.
 
+K classes (logits ``[N, K]``, K >= 2, integer labels): the mean NLL of ``softmax(s z_i)`` is
+
+.. math::
+
+   f(s) = \\frac{1}{n} \\sum_i \\Big(\\log \\sum_k e^{s z_{ik}} - s z_{i y_i}\\Big), \\qquad
+   f'(s) = \\frac{1}{n} \\sum_i \\mathbb{E}_{p_i(s)}[z_i - z_{i y_i}], \\qquad
+   f''(s) = \\frac{1}{n} \\sum_i \\operatorname{Var}_{p_i(s)}[z_i] \\ge 0,
+
+with ``p_i(s) = softmax(s z_i)``: convex in ``s`` again, and the same bisection applies. For
+logits ``[0, z]`` the slope is term by term the binary one, so the binary fit is recovered.
+
 References:
   Guo, Pleiss, Sun and Weinberger. On Calibration of Modern Neural Networks. ICML 2017.
   https://arxiv.org/abs/1706.04599
@@ -37,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsent import metrics
+from jaxsent import metrics, multiclass_metrics
 
 __all__ = ["apply_temperature", "fit_temperature"]
 
@@ -53,7 +64,9 @@ def _as_vector(logits, labels):
     if logits.ndim == 2 and logits.shape[1] == 1:
         logits = logits[:, 0]
     elif logits.ndim != 1:
-        raise ValueError(f"`logits` must have shape [N] or [N, 1], got shape {logits.shape}.")
+        raise ValueError(
+            f"`logits` must have shape [N], [N, 1] or [N, K] (K >= 2), got shape {logits.shape}."
+        )
     if labels.ndim == 2 and labels.shape == (logits.shape[0], 1):
         labels = labels[:, 0]
     if labels.shape != logits.shape:
@@ -90,14 +103,15 @@ def fit_temperature(
     min_temperature: float = 1e-2,
     max_temperature: float = 1e2,
 ) -> jax.Array:
-    """Fits the temperature ``T > 0`` minimising the mean binary NLL of ``logits / T``.
+    """Fits the temperature ``T > 0`` minimising the mean NLL of ``logits / T``.
 
     .. math::
 
        T^* = \\arg\\min_{T \\in [T_{min}, T_{max}]} \\frac{1}{n} \\sum_{i \\in where}
        -\\log \\sigma\\big((2 y_i - 1)\\, z_i / T\\big)
 
-    found by bisection of ``log T`` on the sign of the derivative (the NLL is convex in
+    for binary logits, and the softmax NLL ``log sum_k exp(z_ik / T) - z_iy / T`` for ``[N, K]``
+    logits, found by bisection of ``log T`` on the sign of the derivative (the NLL is convex in
     ``1 / T``; see the module docstring). ``T`` is exact up to float rounding of that
     sign: in float32 the fitted NLL matches a float64 minimiser to a few ulps.
 
@@ -108,14 +122,19 @@ def fit_temperature(
       correct, all one class included): the NLL then keeps decreasing as ``T -> 0``, so
       the result is ``min_temperature``. When every real prediction is wrong, the NLL
       decreases towards ``log 2`` as ``T -> inf`` and the result is ``max_temperature``.
-    * No real row (``where`` all False, or ``N = 0``), or every real logit exactly 0:
-      the NLL does not depend on ``T``, and ``1.0`` (the identity) is returned.
+      K classes: ``min_temperature`` when every real row's true-class logit is strictly its
+      largest.
+    * No real row (``where`` all False, or ``N = 0``), or every real logit exactly 0 (K
+      classes: every real row's K logits equal): the NLL does not depend on ``T``, and ``1.0``
+      (the identity) is returned.
     * A non-finite logit in a real row: ``ValueError`` when the inputs are concrete,
       NaN under ``jax.jit``. Masked rows may hold anything, NaN included.
 
     Args:
-      logits: ``[N]`` or ``[N, 1]`` float logits of the positive class.
-      labels: 0/1 labels (bool, integer or float) of shape ``[N]`` or ``[N, 1]``.
+      logits: ``[N]`` or ``[N, 1]`` float logits of the positive class, or ``[N, K]`` (K >= 2)
+        logits of K classes.
+      labels: 0/1 labels (bool, integer or float) of shape ``[N]`` or ``[N, 1]``; for ``[N, K]``
+        logits, integer class indices ``[N]`` in ``[0, K)``.
       where: optional ``[N]`` bool mask of the real rows (e.g. False on padding).
       min_temperature: lower bound of the search, a Python float > 0 (static).
       max_temperature: upper bound of the search, a Python float > ``min_temperature``
@@ -128,8 +147,8 @@ def fit_temperature(
       logits' dtype when wider, e.g. float64 under x64). Use ``float(T)`` for a number.
 
     Raises:
-      ValueError, TypeError: on bad shapes, dtypes, labels outside {0, 1} in real rows,
-        bad bounds, or (eagerly) non-finite logits in real rows.
+      ValueError, TypeError: on bad shapes, dtypes, labels outside {0, 1} (``[0, K)``) in real
+        rows, bad bounds, or (eagerly) non-finite logits in real rows.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -140,18 +159,14 @@ def fit_temperature(
       True
     """
     low, high = _check_bounds(min_temperature, max_temperature)
+    if jnp.ndim(logits) == 2 and jnp.shape(logits)[1] >= 2:
+        return _fit_multiclass(logits, labels, where, low, high)
     logits, labels = _as_vector(logits, labels)
     raw = logits
     logits, positive, valid = metrics._prepare(logits, labels, where)
     dtype = logits.dtype
     finite = jnp.isfinite(raw.astype(dtype))
-    if metrics._is_concrete(raw) and metrics._is_concrete(valid):
-        bad = np.flatnonzero(np.asarray(valid) & ~np.asarray(finite))
-        if bad.size:
-            raise ValueError(
-                f"`logits` must be finite in real rows, got {np.asarray(raw)[bad[0]]!r} "
-                f"at row {int(bad[0])}."
-            )
+    _check_finite(raw, finite, valid)
     margin = jnp.where(positive, logits, -logits)  # 0 in masked rows (logits cleaned)
 
     def slope(log_t):
@@ -159,6 +174,51 @@ def fit_temperature(
         scale = jnp.exp(-log_t)
         return jnp.sum(-margin * jax.nn.sigmoid(-scale * margin))
 
+    # Every real margin 0 (or no real row): the NLL is log 2 for every T.
+    return _bisect(slope, jnp.any(margin != 0), jnp.any(valid & ~finite), low, high, dtype)
+
+
+def _check_finite(raw, finite, valid) -> None:
+    """Raises on a non-finite logit in a real row when the inputs are concrete."""
+    if metrics._is_concrete(raw) and metrics._is_concrete(valid):
+        bad = np.flatnonzero(np.asarray(valid) & ~np.asarray(finite))
+        if bad.size:
+            raise ValueError(
+                f"`logits` must be finite in real rows, got {np.asarray(raw)[bad[0]]!r} "
+                f"at row {int(bad[0])}."
+            )
+
+
+def _fit_multiclass(logits, labels, where, low, high):
+    """`fit_temperature` for ``[N, K]`` logits: softmax NLL, the same bisection of log T."""
+    raw = jnp.asarray(logits)
+    inputs = multiclass_metrics._prepare(logits, labels, where)
+    dtype = inputs.logits.dtype
+    finite = jnp.all(jnp.isfinite(raw.astype(dtype)), axis=-1)
+    _check_finite(raw, finite, inputs.valid)
+    # z_k - z_y: the softmax NLL's margins; every entry is 0 in a masked row (logits cleaned).
+    gap = inputs.logits - jnp.take_along_axis(inputs.logits, inputs.labels[:, None], axis=-1)
+
+    def slope(log_t):
+        # n * f'(s) = sum_i E_{softmax(s z_i)}[z - z_y]; a masked row adds exactly 0.
+        scale = jnp.exp(-log_t)
+        return jnp.sum(jax.nn.softmax(scale * gap, axis=-1) * gap)
+
+    # Every real row's logits all equal (or no real row): the NLL is log K for every T.
+    informative = jnp.any(gap != 0)
+    return _bisect(slope, informative, jnp.any(inputs.valid & ~finite), low, high, dtype)
+
+
+def _bisect(slope, informative, has_bad, low: float, high: float, dtype) -> jax.Array:
+    """The log-T bisection on the sign of ``slope`` (n times the NLL's derivative in 1 / T).
+
+    Args:
+      slope: ``log T -> n f'(s)`` at ``s = exp(-log T)``, increasing in ``s``.
+      informative: False when the NLL does not depend on ``T`` (then ``T = 1``).
+      has_bad: a real row holds a non-finite logit (then NaN).
+      low, high: the temperature bounds.
+      dtype: the compute dtype.
+    """
     log_low = jnp.asarray(math.log(low), dtype)
     log_high = jnp.asarray(math.log(high), dtype)
 
@@ -175,9 +235,7 @@ def fit_temperature(
     # s (T = min_temperature) or f' >= 0 at the smallest s (T = max_temperature).
     temperature = jnp.where(slope(log_low) <= 0, jnp.asarray(low, dtype), temperature)
     temperature = jnp.where(slope(log_high) >= 0, jnp.asarray(high, dtype), temperature)
-    # Every real margin 0 (or no real row): the NLL is log 2 for every T.
-    temperature = jnp.where(jnp.any(margin != 0), temperature, jnp.asarray(1.0, dtype))
-    has_bad = jnp.any(valid & ~finite)
+    temperature = jnp.where(informative, temperature, jnp.asarray(1.0, dtype))
     return jnp.where(has_bad, jnp.asarray(jnp.nan, dtype), temperature)
 
 
@@ -185,7 +243,8 @@ def apply_temperature(logits, temperature) -> jax.Array:
     """Scales logits by a fitted temperature: ``logits / temperature``.
 
     Args:
-      logits: float array of any shape (e.g. ``[N]`` or ``[N, 1]``).
+      logits: float array of any shape (e.g. ``[N]``, ``[N, 1]`` or ``[N, K]``: dividing all K
+        logits by one ``T`` keeps the argmax).
       temperature: scalar ``T > 0`` (a Python float or a scalar array, e.g. the result of
         ``fit_temperature``); checked to be finite and positive when concrete.
 

@@ -277,7 +277,11 @@ Y = np.array([0, 1, 1])
     "call, error, message",
     [
         (lambda: C.fit_temperature(np.zeros(3, np.int32), Y), TypeError, "`logits`.*int32"),
-        (lambda: C.fit_temperature(np.zeros((3, 2)), Y), ValueError, r"`logits`.*\(3, 2\)"),
+        (
+            lambda: C.fit_temperature(np.zeros((3, 2, 2)), Y),
+            ValueError,
+            r"`logits`.*\(3, 2, 2\)",
+        ),
         (lambda: C.fit_temperature(Z, np.array([0, 1])), ValueError, "`labels`"),
         (lambda: C.fit_temperature(Z, np.array([0, 2, 1])), ValueError, "`labels`.*2"),
         (lambda: C.fit_temperature(Z, Y, where=np.ones(3)), TypeError, "`where`"),
