@@ -15,6 +15,8 @@ import jax
 import pytest
 from cli_runs import command, metrics_rows, module, run, train_rows
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny_models import tiny_config
 
 from configs import smoke
@@ -411,6 +413,7 @@ def test_plan_json_has_the_documented_fields(tiny_folder, tmp_path):
         "mfu_bound",
         "collectives",
         "compile_seconds",
+        "micro_batches",
     }
     assert set(plan["shapes"][0]["bytes"]) == {
         "arguments",
@@ -422,51 +425,100 @@ def test_plan_json_has_the_documented_fields(tiny_folder, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "fits: every shape on v5e:2x2"
 
 
-def test_max_batch_fits_and_the_next_multiple_does_not(tiny_folder, tmp_path):
-    # Leaving all but 0.15% (25.8 MiB) of a chip's HBM free puts the tiny model's largest batch
-    # at a few sequences per chip, where every compile takes seconds (the default 10% would take
-    # batches of ~10^5 sequences, whose compiles take minutes).
-    headroom = 0.9985
+MICRO = 8  # train.micro_batch_size in the --max_batch tests: a multiple of v5e:2x2's data axis
+
+
+@pytest.fixture(scope="module")
+def micro_search(tiny_folder):
+    """--max_batch's search (`search_max_batch`) for the tiny model with micro-batches of 8 on
+    v5e:2x2, every train program it traces recorded: (global batch, micro-batch count, rows per
+    micro-batch). The limit sits between the peaks at 16 and 32 rows, so that the search ends
+    after a few compiles (at a limit of 10% of HBM it takes batches of ~10^5 rows)."""
+    from jaxsent.training import steps
+
+    config = _config(tiny_folder)
+    config.train.micro_batch_size = MICRO
+    planner = plan_lib.Planner(config, "v5e:2x2")
+    traced = []
+    accumulate = steps._accumulated_loss_and_grads
+
+    def spy(model, wrt, loss_fn, batch, count):
+        rows = batch["input_ids"].shape[0]
+        traced.append((rows, count, rows // count))
+        return accumulate(model, wrt, loss_fn, batch, count)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "_accumulated_loss_and_grads", spy)
+        low, high = (planner.compile_shape("train", b, LENGTH).bytes["peak"] for b in (16, 32))
+        assert low < high  # the batch's own bytes grow with it
+        limit = (low + high) / 2
+        batch, probes = plan_lib.search_max_batch(planner, lengths=[LENGTH], limit_bytes=limit)
+    return planner, limit, batch, probes, traced
+
+
+def test_max_batch_probes_only_whole_micro_batches(micro_search):
+    planner, limit, batch, probes, traced = micro_search
+    assert planner.batch_multiple == MICRO
+    # Each probe is the run's program at its batch: micro-batches of train.micro_batch_size rows.
+    assert sorted(rows for rows, _, _ in traced) == sorted(probes)
+    assert all(count == rows // MICRO and per == MICRO for rows, count, per in traced)
+    assert all(s.micro_batches == b // MICRO for b, plans in probes.items() for s in plans)
+    # What the search guarantees: the batch fits, and the next multiple was probed and does not.
+    assert batch == 16
+    (fitting,) = probes[batch]
+    assert fitting.fits and fitting.bytes["peak"] <= limit
+    (above,) = probes[batch + MICRO]
+    assert above.bytes["peak"] > limit
+    planned = planner.plan(all_shapes=False, train_batch=batch)[0]
+    assert (planned.global_batch, planned.micro_batches) == (batch, batch // MICRO)
+
+
+def test_max_batch_cli_plans_the_batch_with_its_micro_batches(micro_search, tiny_folder, tmp_path):
+    planner, limit, batch, _, _ = micro_search
+    headroom = 1 - limit / plan_lib.CHIPS["v5e"].hbm_bytes
     result, output = _plan(
         "--topology=v5e:2x2",
         f"--config.model.name={tiny_folder}",
         f"--config.data.max_length={LENGTH}",
-        "--config.train.global_batch_size=4",
-        "--config.train.eval_batch_size=4",
+        f"--config.train.global_batch_size={BATCH}",
+        f"--config.train.eval_batch_size={BATCH}",
+        f"--config.train.micro_batch_size={MICRO}",
         "--max_batch",
-        f"--headroom={headroom}",
+        f"--headroom={headroom!r}",
         tmp_path=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    batch = json.loads(output.read_text())["max_batch"]
-    assert batch > 0 and batch % 4 == 0
-    planner = plan_lib.Planner(_config(tiny_folder), "v5e:2x2")
-    limit = (1 - headroom) * plan_lib.CHIPS["v5e"].hbm_bytes
-    fitting = planner.compile_shape("train", batch, LENGTH)
-    assert fitting.fits and fitting.bytes["peak"] <= limit
-    above = planner.compile_shape("train", batch + 4, LENGTH)
-    assert not above.fits or above.bytes["peak"] > limit
+    plan = json.loads(output.read_text())
+    assert plan["max_batch"] == batch
+    train = plan["shapes"][0]
+    assert (train["global_batch"], train["micro_batches"]) == (batch, batch // MICRO)
+    tries = re.findall(r"try train (\d+) x \d+, (\d+) micro-batches", result.stdout)
+    assert tries and all(int(n) == int(b) // MICRO for b, n in tries), result.stdout
+    assert f"max batch: {batch} " in result.stdout
+    assert f"{batch + MICRO} (the next multiple of {MICRO}) does not" in result.stdout
+
+
+def _fake_plan(batch: int, peak: float) -> plan_lib.ShapePlan:
+    return plan_lib.ShapePlan(
+        "train",
+        batch,
+        8,
+        dict(arguments=1000, outputs=0, temporaries=peak - 1000, code=0, peak=peak),
+        True,
+        10**9,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        {},
+        0.0,
+    )
 
 
 def test_find_max_batch_bisects_to_the_boundary():
     def measure(batch):
-        peak = 1000 + 7 * batch**1.2  # monotone, not linear: the guess alone is not enough
-        shape = plan_lib.ShapePlan(
-            "train",
-            batch,
-            8,
-            dict(arguments=1000, outputs=0, temporaries=peak - 1000, code=0, peak=peak),
-            True,
-            10**9,
-            1.0,
-            1.0,
-            1.0,
-            1.0,
-            1.0,
-            {},
-            0.0,
-        )
-        return [shape]
+        return [_fake_plan(batch, 1000 + 7 * batch**1.2)]  # monotone, not linear
 
     for start in (8, 800, 100_000):
         batch, probes = plan_lib.find_max_batch(measure, multiple=8, start=start, limit_bytes=5e4)
@@ -475,11 +527,36 @@ def test_find_max_batch_bisects_to_the_boundary():
         assert len(probes) <= 20
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    over=st.sets(st.integers(1, 300)),
+    start=st.integers(1, 3000),
+    slope=st.floats(1.0, 100.0),
+)
+def test_find_max_batch_returns_a_fit_whose_next_multiple_was_probed_and_does_not(
+    over, start, slope
+):
+    # Memory not monotone in the batch: the batches in `over` (in units of 8) do not fit
+    # wherever they are; nor does any above 300.
+    def peak(batch):
+        k = batch // 8
+        return 1000 + slope * k + (10**9 if k in over or k > 300 else 0)
+
+    limit = 1000 + slope * 300
+    batch, probes = plan_lib.find_max_batch(
+        lambda b: [_fake_plan(b, peak(b))], multiple=8, start=start, limit_bytes=limit
+    )
+    assert batch == 0 or peak(batch) <= limit
+    assert batch + 8 in probes and peak(batch + 8) > limit
+
+
 def test_bad_arguments_exit_2_in_one_line(tiny_folder, tmp_path):
     for args in (
         ["--topology=v9:2x2"],
         ["--topology=v5e:3x7"],
         ["--topology=v5e:2x2", "--config.train.global_batch_size=6"],
+        # A batch that does not split into micro-batches: the training config check's one line.
+        ["--topology=v5e:2x2", "--config.train.micro_batch_size=12"],
     ):
         result, _ = _plan(*args, f"--config.model.name={tiny_folder}", tmp_path=tmp_path)
         assert result.returncode == 2, (args, result.stderr[-2000:])

@@ -15,6 +15,12 @@ data.max_length), or every bucket length with --all_shapes, and prints per chip:
 whether it fits in HBM, the compiler's FLOPs and bytes, the model FLOPs, a roofline lower bound on
 the step time with the MFU bound it implies, the collectives and the compile time (docs/tpu.md).
 
+--max_batch searches, by compiles, for a global batch whose train shapes fit with --headroom of
+HBM free. It probes only multiples of the data axis, the host count and train.micro_batch_size
+(each probe is the run's own program at that batch: micro-batches of train.micro_batch_size
+rows), and reports a batch that fits and whose next multiple was probed and does not. That is
+not necessarily the largest that fits: memory is not monotone in the batch (docs/tpu.md).
+
 Exit status: 0 when every shape fits; 1 when one does not (the last line names it and the
 overshoot); 2 for a bad argument (one line).
 """
@@ -46,8 +52,10 @@ flags.DEFINE_bool("all_shapes", False, "Compile every bucket length, not only da
 flags.DEFINE_bool(
     "max_batch",
     False,
-    "Find the largest global batch (a multiple of the data axis) whose train shapes fit with "
-    "--headroom of HBM to spare, by bisection on compiles, and plan at that batch.",
+    "Search, by compiles, for a global batch whose train shapes fit with --headroom of HBM free "
+    "and plan at it: a multiple of the data axis, the host count and train.micro_batch_size "
+    "(each probe compiled with micro-batches of that size) that fits while its next multiple "
+    "was probed and does not. Memory is not monotone in the batch, so a larger one may fit.",
 )
 flags.DEFINE_float(
     "headroom",
@@ -106,14 +114,17 @@ def main(argv):
     config = FLAGS.config
     chip = plan_lib.chip_for(FLAGS.topology)
     devices = plan_lib.topology_devices(FLAGS.topology)
-    check_config(config, num_devices=len(devices))
+    check_config(config, devices=devices, needs_weights=False)
     planner = plan_lib.Planner(config, FLAGS.topology)
     hosts, multiple = planner.hosts, planner.batch_multiple
-    for name in ("train.global_batch_size", "train.eval_batch_size"):
+    for name, needed in (
+        ("train.global_batch_size", multiple),
+        ("train.eval_batch_size", planner.eval_batch_multiple),
+    ):
         value = config.train[name.split(".")[1]]
-        if value % multiple:
+        if value % needed:
             raise ValueError(
-                f"config.{name}={value}: must be a multiple of {multiple} (the data axis "
+                f"config.{name}={value}: must be a multiple of {needed} (the data axis "
                 f"{planner.mesh.shape['data']} and the {hosts} host(s) of {FLAGS.topology})"
             )
     print(
@@ -125,34 +136,32 @@ def main(argv):
 
     max_batch = None
     if FLAGS.max_batch:
-        lengths = plan_lib.bucket_shapes(config, all_shapes=FLAGS.all_shapes)
         limit = (1 - FLAGS.headroom) * chip.usable_bytes
 
-        def measure(batch: int) -> list:
-            plans = []
-            for length in reversed(lengths):
-                plans.append(planner.compile_shape("train", batch, length))
-                shape = plans[-1]
-                print(
-                    f"  try {shape.name}: peak {plan_lib.describe_bytes(shape.bytes['peak'])} "
-                    f"({shape.compile_seconds:.0f} s)",
-                    flush=True,
-                )
-                if not shape.fits or shape.bytes["peak"] > limit:
-                    break  # a shorter length cannot rescue this batch
-            return plans
+        def report(shape) -> None:
+            micro = f", {shape.micro_batches} micro-batches" if shape.micro_batches > 1 else ""
+            print(
+                f"  try {shape.name}{micro}: peak {plan_lib.describe_bytes(shape.bytes['peak'])} "
+                f"({shape.compile_seconds:.0f} s)",
+                flush=True,
+            )
 
-        max_batch, _ = plan_lib.find_max_batch(
-            measure,
-            multiple=multiple,
-            start=int(config.train.global_batch_size),
+        max_batch, probes = plan_lib.search_max_batch(
+            planner,
+            lengths=plan_lib.bucket_shapes(config, all_shapes=FLAGS.all_shapes),
             limit_bytes=limit,
+            on_probe=report,
         )
         if max_batch:
+            above = (
+                f"{max_batch + multiple} (the next multiple of {multiple}) does not"
+                if max_batch + multiple in probes
+                else "no larger batch was probed"
+            )
             print(
                 f"max batch: {max_batch} ({max_batch // planner.mesh.shape['data']} per data "
-                f"shard) leaves >= {FLAGS.headroom:.0%} of HBM free; "
-                f"{max_batch + multiple} does not"
+                f"shard) leaves >= {FLAGS.headroom:.0%} of HBM free; {above} (memory is not "
+                "monotone in the batch: an unprobed larger batch may fit)"
             )
     shapes = planner.plan(all_shapes=FLAGS.all_shapes, train_batch=max_batch or None)
     print(_table(plan_lib.summary_rows(shapes)))

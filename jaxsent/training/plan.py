@@ -42,6 +42,7 @@ __all__ = [
     "collectives",
     "cuda_plugin_installed",
     "find_max_batch",
+    "search_max_batch",
     "hlo_cost",
     "loop_iterations_cost",
     "matmul_params",
@@ -598,6 +599,7 @@ class ShapePlan:
     collectives: dict[str, dict[str, int]]
     compile_seconds: float
     error: str | None = None  # the compiler's RESOURCE_EXHAUSTED message, when it refused
+    micro_batches: int = 1  # a train step's micro-batches (train.micro_batch_size rows each)
 
     @property
     def name(self) -> str:
@@ -686,9 +688,16 @@ class Planner:
         self.mesh = sharding.make_mesh(
             data=config.mesh.data, model=config.mesh.model, devices=self.devices
         )
-        total_steps = max(int(config.train.num_steps), int(config.optim.warmup_steps), 1)
-        steps, state, _ = training_steps(config, self.mesh, total_steps=total_steps, abstract=True)
+        self._total_steps = max(int(config.train.num_steps), int(config.optim.warmup_steps), 1)
+        steps, state, _ = training_steps(
+            config, self.mesh, total_steps=self._total_steps, abstract=True
+        )
         self.steps = steps
+        self.micro_batch_size = int(config.train.get("micro_batch_size", 0) or 0)
+        # The train step at another batch splits it into another count of micro-batches.
+        self._train_step_fns = {
+            self.micro_batch_count(int(config.train.global_batch_size)): steps.train_step_fn
+        }
         shardings = functools.partial(
             sharding.tree_shardings, mesh=self.mesh, rules=config.mesh.strategy
         )
@@ -704,9 +713,45 @@ class Planner:
         return len(self.devices)
 
     @property
-    def batch_multiple(self) -> int:
-        """Global batches must be multiples of this: the data axis and the host count."""
+    def eval_batch_multiple(self) -> int:
+        """Eval batches must be multiples of this: the data axis and the host count."""
         return math.lcm(self.mesh.shape["data"], self.hosts)
+
+    @property
+    def batch_multiple(self) -> int:
+        """Train batches must be multiples of this: the data axis, the host count and
+        ``train.micro_batch_size`` (when set), so that every micro-batch holds that many rows."""
+        return math.lcm(self.eval_batch_multiple, self.micro_batch_size or 1)
+
+    def micro_batch_count(self, global_batch: int) -> int:
+        """The micro-batches the run's train step splits a batch of ``global_batch`` rows into:
+        ``global_batch // train.micro_batch_size`` (1 when it is 0), as `python -m train` does
+        with ``train.global_batch_size=global_batch``.
+
+        Raises:
+          ValueError: ``global_batch`` is not a multiple of ``train.micro_batch_size``.
+        """
+        micro = self.micro_batch_size
+        if not micro:
+            return 1
+        if global_batch % micro:
+            raise ValueError(
+                f"a train batch of {global_batch} does not split into micro-batches of "
+                f"config.train.micro_batch_size={micro}"
+            )
+        return global_batch // micro
+
+    def train_step_fn(self, global_batch: int) -> Callable[..., Any]:
+        """The run's jitted train step at ``global_batch`` rows (its micro-batch count)."""
+        count = self.micro_batch_count(global_batch)
+        if count not in self._train_step_fns:
+            config = self.config.copy_and_resolve_references()
+            config.train.global_batch_size = global_batch
+            steps, _, _ = training_steps(
+                config, self.mesh, total_steps=self._total_steps, abstract=True
+            )
+            self._train_step_fns[count] = steps.train_step_fn
+        return self._train_step_fns[count]
 
     def compile_shape(self, step: str, global_batch: int, length: int) -> ShapePlan:
         """Compiles one step (``"train"`` or ``"eval"``) for one batch shape and reports it.
@@ -719,7 +764,8 @@ class Planner:
         return self._plans[key]
 
     def _compile_shape(self, step: str, global_batch: int, length: int) -> ShapePlan:
-        fn = self.steps.train_step_fn if step == "train" else self.steps.eval_step_fn
+        count = self.micro_batch_count(global_batch) if step == "train" else 1
+        fn = self.train_step_fn(global_batch) if step == "train" else self.steps.eval_step_fn
         batch = abstract_batch(global_batch, length, self.mesh)
         flops_model = model_flops(
             self.model_config, step=step, global_batch=global_batch, length=length
@@ -747,6 +793,7 @@ class Planner:
                 collectives={},
                 compile_seconds=time.perf_counter() - start,
                 error=message,
+                micro_batches=count,
             )
         seconds = time.perf_counter() - start
         memory = compiled.memory_analysis()
@@ -783,6 +830,7 @@ class Planner:
             mfu_bound=mfu,
             collectives=collectives(hlo_text),
             compile_seconds=seconds,
+            micro_batches=count,
         )
 
     def plan(self, *, all_shapes: bool, train_batch: int | None = None) -> list[ShapePlan]:
@@ -808,33 +856,43 @@ def find_max_batch(
     limit_bytes: float,
     largest: int = 1 << 20,
 ) -> tuple[int, dict[int, list[ShapePlan]]]:
-    """The largest multiple of ``multiple`` whose every shape fits under ``limit_bytes``.
+    """A multiple of ``multiple`` that fits under ``limit_bytes`` and whose next multiple does not.
 
     A batch fits when every plan ``measure(batch)`` returns fits in HBM with a peak of at most
-    ``limit_bytes``; fitting is assumed monotone in the batch. After ``start`` (rounded to a
-    multiple) and its double (or half), a secant through their peaks (memory grows about linearly
-    with the batch) guesses the boundary, and the guess and its neighbour usually bracket it;
-    then the search doubles (or halves) until a batch fits and a larger one does not, and bisects
-    between them. Every step is a compile.
+    ``limit_bytes``. After ``start`` (rounded to a multiple) and its double (or half), a secant
+    through their peaks (memory grows about linearly with the batch) guesses the boundary, and
+    the guess and its neighbour usually bracket it; then the search doubles until a batch does
+    not fit, and bisects between the largest batch that fits and the smallest larger one that
+    does not until they are neighbours. Every probe is a compile.
+
+    What it guarantees: the batch ``b`` it returns fits, and ``b + multiple`` was probed and does
+    not fit (unless ``b`` is ``largest`` rounded down); so does every other probed batch above
+    ``b``. It does not guarantee that ``b`` is the largest batch that fits: the compiler's memory
+    is not monotone in the batch (BERT-base on v5e-8 without remat: 436 sequences take 14.53 GiB
+    per chip, 496 take 14.46 GiB; docs/tpu/base-v5e8-tp-none-unrolled.txt), so an unprobed
+    batch above ``b + multiple`` may fit.
+
+    Args:
+      measure: the plans of one batch (a compile per shape).
+      multiple: every probed batch is a multiple of this.
+      start: the first batch to probe (rounded down to a multiple, at least ``multiple``).
+      limit_bytes: the most a chip may hold at the batch returned.
+      largest: no batch above this is probed.
 
     Returns:
-      ``(batch, probes)``: the largest fitting batch (0 when even ``multiple`` does not fit) and
-      the plans of every batch tried.
+      ``(batch, probes)``: the batch (0 when even ``multiple`` does not fit) and the plans of every
+      batch probed.
     """
     probes: dict[int, list[ShapePlan]] = {}
     top = max(1, largest // multiple)
-    good, bad = 0, None  # in units of `multiple`: the largest that fits, the smallest that not
+    fitting: set[int] = set()  # in units of `multiple`
 
     def probe(k: int) -> bool:
-        nonlocal good, bad
         if k not in probes:
             probes[k] = measure(k * multiple)
-        ok = all(p.fits and p.bytes["peak"] <= limit_bytes for p in probes[k])
-        if ok:
-            good = max(good, k)
-        else:
-            bad = k if bad is None else min(bad, k)
-        return ok
+            if all(p.fits and p.bytes["peak"] <= limit_bytes for p in probes[k]):
+                fitting.add(k)
+        return k in fitting
 
     k0 = min(max(1, start // multiple), top)
     k1 = min(2 * k0, top) if probe(k0) else max(1, k0 // 2)
@@ -848,13 +906,63 @@ def find_max_batch(
             probe(k + 1)
         elif k > 1:
             probe(k - 1)
-    while bad is None and good < top:
-        probe(min(2 * good, top))
-    while good == 0 and bad > 1:
-        probe(bad // 2)
-    while bad is not None and bad - good > 1:
-        probe((good + bad) // 2)
+    while True:
+        good = max(fitting, default=0)
+        above = min((k for k in probes if k > good and k not in fitting), default=None)
+        if above is None:  # nothing above the best fit has failed yet
+            if good >= top:
+                break
+            probe(min(2 * good, top))
+        elif above == good + 1:
+            break
+        else:
+            probe((good + above) // 2)
+    good = max(fitting, default=0)
     return good * multiple, {k * multiple: plans for k, plans in sorted(probes.items())}
+
+
+def search_max_batch(
+    planner: Planner,
+    *,
+    lengths: Iterable[int],
+    limit_bytes: float,
+    on_probe: Callable[[ShapePlan], None] | None = None,
+) -> tuple[int, dict[int, list[ShapePlan]]]:
+    """`find_max_batch` over the run's own train step: what ``train.plan --max_batch`` does.
+
+    Probes only multiples of `Planner.batch_multiple` (the data axis, the host count and
+    ``train.micro_batch_size``), each compiled as the run's program at that batch: micro-batches
+    of ``train.micro_batch_size`` rows, ``batch // micro_batch_size`` of them. A batch is probed
+    at each length, longest first, until one does not fit.
+
+    Args:
+      planner: the run's `Planner`.
+      lengths: the padded lengths to fit (`bucket_shapes`).
+      limit_bytes: the most a chip may hold (HBM less the headroom).
+      on_probe: called with each compiled shape (e.g. to print it).
+
+    Returns:
+      As `find_max_batch`.
+    """
+    lengths = sorted(lengths, reverse=True)
+
+    def measure(batch: int) -> list[ShapePlan]:
+        plans = []
+        for length in lengths:
+            shape = planner.compile_shape("train", batch, length)
+            plans.append(shape)
+            if on_probe is not None:
+                on_probe(shape)
+            if not shape.fits or shape.bytes["peak"] > limit_bytes:
+                break  # a shorter length cannot rescue this batch
+        return plans
+
+    return find_max_batch(
+        measure,
+        multiple=planner.batch_multiple,
+        start=int(planner.config.train.global_batch_size),
+        limit_bytes=limit_bytes,
+    )
 
 
 def describe_bytes(n: int | None) -> str:
@@ -873,7 +981,7 @@ def summary_rows(plans: Iterable[ShapePlan]) -> list[list[str]]:
         )
         rows.append(
             [
-                p.name,
+                p.name + (f", {p.micro_batches} micro-batches" if p.micro_batches > 1 else ""),
                 describe_bytes(b["arguments"]),
                 describe_bytes(b["temporaries"]),
                 describe_bytes(b["peak"]),
