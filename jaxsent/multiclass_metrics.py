@@ -146,14 +146,25 @@ def _prepare(logits, labels, where) -> _Inputs:
         raise TypeError(f"`labels` must be integer class indices, got dtype {labels.dtype}.")
     logits = logits.astype(_compute_dtype(logits.dtype))
     valid = _valid_mask(where, (n,))
-    if _is_concrete(labels) and _is_concrete(valid):
-        values = np.asarray(labels)[np.asarray(valid)]
-        bad = values[(values < 0) | (values >= k)]
-        if bad.size:
-            raise ValueError(f"`labels` must be in [0, {k}) in real rows, got {bad[0]!r}.")
+    _check_labels(labels, valid, k)
     logits = jnp.where(valid[:, None], logits, 0)
     labels = jnp.where(valid, labels, 0).astype(jnp.int32)
     return _Inputs(logits, labels, valid)
+
+
+def _check_labels(labels, valid, num_classes: int) -> None:
+    """Raises on a real row's label outside ``[0, num_classes)`` when both are concrete.
+
+    Mismatched shapes or a non-bool mask are left to `_prepare`, which names them.
+    """
+    ok = np.shape(labels) == np.shape(valid) and jnp.asarray(valid).dtype == jnp.bool_
+    if ok and _is_concrete(labels) and _is_concrete(valid):
+        values = np.asarray(labels)[np.asarray(valid)]
+        bad = values[(values < 0) | (values >= num_classes)]
+        if bad.size:
+            raise ValueError(
+                f"`labels` must be in [0, {num_classes}) in real rows, got {bad[0]!r}."
+            )
 
 
 def predicted_class(logits) -> jax.Array:
