@@ -200,6 +200,12 @@ def resolve_class_names(class_names, num_classes: int) -> list[str]:
 # ------------------------------------------------------------------ counting metrics
 
 
+# The private computations below are jitted: a public function runs its checks eagerly (they
+# need concrete labels), then one compiled program per shape instead of dispatching op by op.
+# Under an outer jit they are inlined.
+
+
+@jax.jit
 def _confusion(x: _Inputs) -> jax.Array:
     k = x.num_classes
     # One segment per (true, predicted) cell; masked rows go to segment k * k, which
@@ -328,6 +334,7 @@ def accuracy_within_one(logits, labels, *, where=None) -> jax.Array:
 # -------------------------------------------------------------- probabilistic scores
 
 
+@jax.jit
 def _nll(x: _Inputs) -> jax.Array:
     log_probs = jax.nn.log_softmax(x.logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, x.labels[:, None], axis=-1)[:, 0]
@@ -348,6 +355,7 @@ def nll(logits, labels, *, where=None) -> jax.Array:
     return _nll(_prepare(logits, labels, where))
 
 
+@jax.jit
 def _brier(x: _Inputs) -> jax.Array:
     probs = jax.nn.softmax(x.logits, axis=-1)
     others = jnp.where(x.one_hot, 0, probs)
@@ -396,13 +404,17 @@ def top_label_calibration_inputs(logits, labels, *, where=None):
       ``(confidence, outcome)``, two float ``[N]`` arrays; the confidence lies in [1/K, 1].
       `jaxsent.metrics.reliability_bins` bins them.
     """
-    return _top_label_pairs(_prepare(logits, labels, where))
+    return _jit_top_label_pairs(_prepare(logits, labels, where))
+
+
+_jit_top_label_pairs = jax.jit(_top_label_pairs)
 
 
 def _ece_from_sums(conf_sum, outcome_sum, n):
     return jnp.sum(jnp.abs(outcome_sum - conf_sum), axis=-1) / n.astype(conf_sum.dtype)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _top_label_ece(x: _Inputs, num_bins: int) -> jax.Array:
     confidence, outcome = _top_label_pairs(x)
     _, conf_sum, outcome_sum, _ = _bin_sums(confidence, outcome, x.valid, num_bins)
@@ -429,7 +441,11 @@ def expected_calibration_error(logits, labels, *, where=None, num_bins: int = 15
 
 def top_label_reliability_bins(logits, labels, *, where=None, num_bins: int = 15):
     """The top-label reliability diagram's bins (`jaxsent.metrics.ReliabilityBins`, ``[B]``)."""
-    x = _prepare(logits, labels, where)
+    return _top_label_bins(_prepare(logits, labels, where), num_bins)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _top_label_bins(x: _Inputs, num_bins: int) -> ReliabilityBins:
     confidence, outcome = _top_label_pairs(x)
     count, conf_sum, outcome_sum, edges = _bin_sums(confidence, outcome, x.valid, num_bins)
     dtype = confidence.dtype
@@ -450,6 +466,7 @@ def _classwise_sums(x: _Inputs, num_bins: int):
     return jax.vmap(sums, in_axes=(1, 1))(probs, outcome)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _class_errors(x: _Inputs, num_bins: int) -> jax.Array:
     _, conf_sum, outcome_sum = _classwise_sums(x, num_bins)
     return _ece_from_sums(conf_sum, outcome_sum, _count(x.valid))
@@ -487,7 +504,11 @@ def classwise_reliability_bins(
       ``accuracy`` (frequency of class k) have shape ``[K, num_bins]``; ``edges`` is
       ``[num_bins + 1]``.
     """
-    x = _prepare(logits, labels, where)
+    return _classwise_bins(_prepare(logits, labels, where), num_bins)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _classwise_bins(x: _Inputs, num_bins: int) -> ReliabilityBins:
     count, conf_sum, outcome_sum = _classwise_sums(x, num_bins)
     dtype = x.logits.dtype
     edges = jnp.asarray(reliability_bin_edges(num_bins), dtype)
@@ -523,8 +544,6 @@ def multiclass_classification_metrics(
     return _classification_metrics(_prepare(logits, labels, where), num_bins, ordinal)
 
 
-# One compiled program per shape, also when called eagerly: the checks above run eagerly (they
-# need concrete labels), the arithmetic here compiles once instead of op by op.
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _classification_metrics(x: _Inputs, num_bins: int, ordinal: bool) -> dict[str, jax.Array]:
     stats = _per_class(_confusion(x), x.logits.dtype)

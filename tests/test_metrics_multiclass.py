@@ -174,7 +174,7 @@ def test_where_equals_selecting_rows_and_padding_never_poisons(problem):
         assert_matches_reference(got, reference_metrics(logits[mask], labels[mask]), n, k)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(masked_problems())
 def test_jit_equals_eager(problem):
     logits, labels, mask = problem
