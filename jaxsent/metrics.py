@@ -1,5 +1,8 @@
 """Binary classification metrics, including calibration, as pure JAX functions.
 
+The K-class metrics (logits ``[N, K]``, integer labels) are in `jaxsent.multiclass_metrics`,
+which shares this module's binning and masking.
+
 Every function takes the model's logits (not probabilities), the 0/1 labels and an
 optional boolean ``where`` mask marking the real rows of a fixed-shape evaluation batch.
 Rows outside ``where`` are removed with ``jnp.where`` before any arithmetic, so NaN or
