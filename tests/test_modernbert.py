@@ -404,10 +404,6 @@ def test_bad_config_and_inputs_are_named():
                 "rope_parameters": {"full_attention": {"rope_type": "yarn"}},
             }
         )
-    with pytest.raises(NotImplementedError, match="scan_layers"):
-        modernbert.ModernBertModel(
-            modernbert.ModernBertConfig(), scan_layers=True, rngs=nnx.Rngs(0)
-        )
     with pytest.raises(ValueError, match="remat='some'"):
         modernbert.ModernBertModel(modernbert.ModernBertConfig(), remat="some", rngs=nnx.Rngs(0))
     small = modernbert.ModernBertConfig(

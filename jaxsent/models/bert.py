@@ -527,6 +527,29 @@ def _is_variable(x) -> bool:
     return isinstance(x, nnx.Variable)
 
 
+def stack_layers(layers: list[nnx.Module]) -> nnx.Module:
+    """One module of ``layers[0]``'s structure whose every variable stacks the layers' values
+    along a new leading axis (logical axis ``None``), for ``jax.lax.scan`` over the layers.
+
+    The layers must share one structure; static attributes are ``layers[0]``'s.
+    """
+    states = [nnx.state(layer) for layer in layers]
+    stacked = jax.tree.map(lambda *vs: _stack(list(vs)), *states, is_leaf=_is_variable)
+    return nnx.merge(nnx.graphdef(layers[0]), stacked)
+
+
+def unstack_layers(stacked: nnx.Module, count: int) -> list[nnx.Module]:
+    """The ``count`` layers of a :func:`stack_layers` module, one by one (slices of its values)."""
+    graphdef, state = nnx.split(stacked)
+    return [
+        nnx.merge(
+            graphdef,
+            jax.tree.map(functools.partial(_unstack, index=i), state, is_leaf=_is_variable),
+        )
+        for i in range(count)
+    ]
+
+
 class BertEncoder(nnx.Module):
     """A stack of ``num_hidden_layers`` :class:`BertLayer`.
 
@@ -566,10 +589,8 @@ class BertEncoder(nnx.Module):
         self.scan_layers = scan_layers
         self.num_layers = len(layers)
         if scan_layers:
-            states = [nnx.state(layer) for layer in layers]
-            stacked = jax.tree.map(lambda *vs: _stack(list(vs)), *states, is_leaf=_is_variable)
             # nnx.data: the attributes switch between a module and None under set_layout.
-            self.stacked_layers = nnx.data(nnx.merge(nnx.graphdef(layers[0]), stacked))
+            self.stacked_layers = nnx.data(stack_layers(layers))
             self.layers = nnx.data(None)
         else:
             self.layers = nnx.data(nnx.List(layers))
@@ -579,14 +600,7 @@ class BertEncoder(nnx.Module):
         """The layers one by one (slices of the stacked parameters under ``scan_layers``)."""
         if not self.scan_layers:
             return list(self.layers)
-        graphdef, state = nnx.split(self.stacked_layers)
-        return [
-            nnx.merge(
-                graphdef,
-                jax.tree.map(functools.partial(_unstack, index=i), state, is_leaf=_is_variable),
-            )
-            for i in range(self.num_layers)
-        ]
+        return unstack_layers(self.stacked_layers, self.num_layers)
 
     def set_layout(self, *, remat: str, scan_layers: bool) -> None:
         """Re-lays the same parameters out for ``remat`` and ``scan_layers`` (in place)."""
@@ -737,10 +751,12 @@ class BertModel(nnx.Module):
         return BertOutput(last_hidden_state=x, pooler_output=pooled)
 
 
-def unrolled(model: BertModel) -> BertModel:
+def unrolled(model):
     """``model`` itself when its layers are unrolled, else a copy with per-layer parameters.
 
-    Checkpoint export (the Hugging Face layout names every layer) goes through this.
+    Checkpoint export (the Hugging Face layout names every layer) goes through this. ``model``
+    is a :class:`BertModel` or any encoder model whose ``encoder`` has the same ``remat``,
+    ``scan_layers`` and ``set_layout`` (``jaxsent.models.modernbert.ModernBertModel``).
     """
     if not model.encoder.scan_layers:
         return model

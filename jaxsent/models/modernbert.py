@@ -29,7 +29,13 @@ import numpy as np
 from flax import nnx
 
 from jaxsent import sharding
-from jaxsent.models.bert import REMAT_POLICIES, SUPPORTED_ACTIVATIONS, Dropout
+from jaxsent.models.bert import (
+    REMAT_POLICIES,
+    SUPPORTED_ACTIVATIONS,
+    Dropout,
+    stack_layers,
+    unstack_layers,
+)
 
 __all__ = [
     "LAYER_TYPES",
@@ -117,6 +123,11 @@ class ModernBertConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModernBertConfig.{name} must be a positive int, got {value!r}")
+        if self.local_attention < 2:  # a window of local_attention // 2 = 0 keys a side
+            raise ValueError(
+                f"ModernBertConfig.local_attention={self.local_attention} must be >= 2 (the "
+                "window in total; a token attends to local_attention // 2 keys on each side)"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"ModernBertConfig.hidden_size={self.hidden_size} is not divisible by "
@@ -425,29 +436,33 @@ class ModernBertAttention(nnx.Module):
         self.dropout = Dropout(config.attention_dropout, deterministic=True)
         self.out_dropout = Dropout(config.attention_dropout, deterministic=True)
 
-    def __call__(self, x, mask, cos, sin, *, local, deterministic=None, rngs=None):
-        """Args: x [B, L, H]; mask [B, 1, L, L] bool (True = may attend); cos, sin [L, d].
+    def path(self, *, local: bool, dropout_on: bool, length: int) -> str:
+        """How a layer of one type computes its attention: ``"banded"`` (block by block, a local
+        layer over more than three windows without attention dropout, whatever
+        ``attention_impl`` says), ``"cudnn"``, ``"xla"`` or ``"einsum"`` (the masked forms)."""
+        if local and not dropout_on and length > 3 * self.window:
+            return "banded"
+        if self.attention_impl == "cudnn" and not local and not dropout_on:
+            # cuDNN's sliding window is causal only (jax 0.11: "cuDNN doesn't support right
+            # window"), so local layers take the banded or masked path.
+            return "cudnn"
+        if self.attention_impl == "xla" and not dropout_on:
+            return "xla"
+        # The explicit form: the default, as it is faster on CPU than
+        # jax.nn.dot_product_attention's XLA form (docs/benchmarks.md), and the only one with
+        # dropout on the probabilities.
+        return "einsum"
 
-        ``local``: a sliding-window layer. Without attention dropout and with a sequence longer
-        than three windows, it attends block by block (`banded_attention`) rather than through
-        the masked [L, L] scores, whatever ``attention_impl`` says.
-        """
-        qkv = self.Wqkv(x)  # [B, L, 3, heads, head_dim]
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        dropout_on = self.dropout.rate > 0 and not (
-            self.dropout.deterministic if deterministic is None else deterministic
-        )
-        if local and not dropout_on and q.shape[1] > 3 * self.window:
-            # The local mask is padding & window, so its diagonal is the padding mask.
-            real = jnp.diagonal(mask[:, 0], axis1=-2, axis2=-1)
-            context = banded_attention(q, k, v, real, self.window)
-        elif self.attention_impl == "cudnn" and not local and not dropout_on:
-            # cuDNN takes padding as lengths (right padding only). Its sliding window is causal
-            # only (jax 0.11: "cuDNN doesn't support right window"), so local layers take the
-            # banded or masked path.
+    def attend(self, path, q, k, v, mask, real, *, deterministic=None, rngs=None):
+        """The attention context [B, L, heads, head_dim] of rotated ``q``, ``k`` and ``v`` by
+        ``path`` (:meth:`path`), under ``mask`` [B, 1, L or 1, L] (True = may attend);
+        ``real`` [B, L] marks the real tokens (what the banded path reads)."""
+        if path == "banded":
+            return banded_attention(q, k, v, real, self.window)
+        if path == "cudnn":
+            # cuDNN takes padding as lengths (right padding only).
             lengths = key_lengths(mask)
-            context = jax.nn.dot_product_attention(
+            return jax.nn.dot_product_attention(
                 q,
                 k,
                 v,
@@ -455,19 +470,55 @@ class ModernBertAttention(nnx.Module):
                 key_value_seq_lengths=lengths,
                 implementation="cudnn",
             )
-        elif self.attention_impl == "xla" and not dropout_on:
-            context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        if path == "xla":
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+    def __call__(self, x, masks, ropes, *, local, deterministic=None, rngs=None):
+        """Args: x [B, L, H]; ``masks`` and ``ropes`` by layer type (:data:`LAYER_TYPES`):
+        [B, 1, 1, L] (global, padding) and [B, 1, L, L] (local, padding and window) bool masks
+        (True = may attend), ``(cos, sin)`` [L, d] tables.
+
+        ``local``: a sliding-window layer, a Python bool, or a traced bool scalar in a
+        ``scan_layers`` encoder, where the rotary table and the mask are selected by it, and
+        when the two layer types attend by different paths (:meth:`path`), a ``lax.cond`` runs
+        the one of this layer (each layer computes one attention, as unrolled).
+        """
+        qkv = self.Wqkv(x)  # [B, L, 3, heads, head_dim]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if isinstance(local, bool):
+            cos, sin = ropes[LOCAL if local else GLOBAL]
         else:
-            # The explicit form: the default, as it is faster on CPU than
-            # jax.nn.dot_product_attention's XLA form (docs/benchmarks.md), and the only one with
-            # dropout on the probabilities.
-            scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-            logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-            probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
-            context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        return self.out_dropout(self.Wo(context), deterministic=deterministic, rngs=rngs)
+            pairs = zip(ropes[LOCAL], ropes[GLOBAL], strict=True)
+            cos, sin = (jnp.where(local, a, b) for a, b in pairs)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout_on = self.dropout.rate > 0 and not (
+            self.dropout.deterministic if deterministic is None else deterministic
+        )
+        real = masks[GLOBAL][:, 0, 0, :]
+        kw = {"deterministic": deterministic, "rngs": rngs}
+        paths = {
+            kind: self.path(local=kind == LOCAL, dropout_on=dropout_on, length=q.shape[1])
+            for kind in LAYER_TYPES
+        }
+        if isinstance(local, bool):
+            kind = LOCAL if local else GLOBAL
+            context = self.attend(paths[kind], q, k, v, masks[kind], real, **kw)
+        elif paths[LOCAL] == paths[GLOBAL]:  # one masked path (dropout included): pick the mask
+            mask = jnp.where(local, masks[LOCAL], masks[GLOBAL])
+            context = self.attend(paths[LOCAL], q, k, v, mask, real, **kw)
+        else:  # different paths never draw dropout (only the einsum path does, and then both do)
+
+            def branch(kind):
+                return lambda q, k, v: self.attend(paths[kind], q, k, v, masks[kind], real)
+
+            context = jax.lax.cond(local, branch(LOCAL), branch(GLOBAL), q, k, v)
+        return self.out_dropout(self.Wo(context), **kw)
 
 
 class ModernBertMLP(nnx.Module):
@@ -491,7 +542,11 @@ class ModernBertMLP(nnx.Module):
 
 
 class ModernBertLayer(nnx.Module):
-    """Pre-norm block: ``x + attn(norm(x))``, then ``h + mlp(norm(h))``."""
+    """Pre-norm block: ``x + attn(norm(x))``, then ``h + mlp(norm(h))``.
+
+    The block's type (local or global) is an argument of the call, given by the encoder, so that
+    the blocks after the first have one structure and stack for ``scan_layers``.
+    """
 
     def __init__(
         self, config: ModernBertConfig, index: int, *, dtype, attention_impl=None, rngs: nnx.Rngs
@@ -503,25 +558,37 @@ class ModernBertLayer(nnx.Module):
         )
         self.mlp_norm = _layer_norm(config, dtype, rngs)
         self.mlp = ModernBertMLP(config, dtype=dtype, rngs=rngs)
-        self.local = config.layer_types[index] == LOCAL
 
-    def __call__(self, x, mask, cos, sin, *, deterministic=None, rngs=None):
+    def __call__(self, x, masks, ropes, *, local, deterministic=None, rngs=None):
+        """Args: as :meth:`ModernBertAttention.__call__`. Returns: [B, L, H]."""
         kw = {"deterministic": deterministic, "rngs": rngs}
         h = x if self.attn_norm is None else self.attn_norm(x)
-        x = x + self.attn(h, mask, cos, sin, local=self.local, **kw)
+        x = x + self.attn(h, masks, ropes, local=local, **kw)
         return sharding.constrain_batch(x + self.mlp(self.mlp_norm(x), **kw))
 
 
 class ModernBertEncoder(nnx.Module):
-    """The blocks, ``self.layers`` (as ``BertModel.encoder``: the stack that ``set_layout``
-    re-lays out).
+    """The blocks, in one of two layouts (the same function, the same parameters).
+
+    Unrolled (``scan_layers=False``), ``self.layers`` lists them. Under ``scan_layers`` the first
+    block (which has no attention norm) stays apart, ``self.first_layer``, and the others run as
+    one ``jax.lax.scan`` over parameters stacked along a leading layer axis, held under
+    :data:`jaxsent.models.bert.STACKED_LAYERS` (what the optimiser's weight decay mask reads),
+    with each block's type a scanned flag: the compiler sees two blocks, not
+    ``num_hidden_layers``. The flag selects the block's rotary table and mask; where local and
+    global blocks attend by different paths (a local block over more than three windows is
+    banded, see :func:`banded_attention`; cuDNN global blocks), a ``lax.cond`` on it runs the
+    block's own path only. Checkpoints and exports stay per layer
+    (:func:`jaxsent.models.bert.unrolled` converts at the edge).
+
+    Every layout computes the same function with the same dropout masks: the dropout stream is
+    threaded through the blocks in order, each drawing its keys as the unrolled stack does.
 
     Args:
       config, dtype, attention_impl, rngs: as in :class:`ModernBertModel`.
       remat: what the backward pass recomputes, a key of
         :data:`jaxsent.models.bert.REMAT_POLICIES` (``"none"``, ``"full"``, ``"dots"``).
-      scan_layers: not implemented for ModernBERT (its blocks differ: the first has no
-        attention norm; local and global blocks alternate); ``True`` raises.
+      scan_layers: the stacked layout above.
     """
 
     def __init__(
@@ -534,37 +601,82 @@ class ModernBertEncoder(nnx.Module):
         scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
-        self.layers = nnx.List(
-            [
-                ModernBertLayer(config, i, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-                for i in range(config.num_hidden_layers)
-            ]
-        )
-        self.set_layout(remat=remat, scan_layers=scan_layers)
+        self.layer_types = tuple(config.layer_types)
+        layers = [
+            ModernBertLayer(config, i, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+            for i in range(config.num_hidden_layers)
+        ]
+        self._set_layers(layers, remat=remat, scan_layers=scan_layers)
 
-    def set_layout(self, *, remat: str, scan_layers: bool) -> None:
-        """Sets how the blocks run (the same function, the same parameters)."""
+    def _set_layers(self, layers: list[ModernBertLayer], *, remat: str, scan_layers: bool):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat={remat!r}; expected one of {sorted(REMAT_POLICIES)}")
-        if scan_layers:
-            raise NotImplementedError(
-                "scan_layers=True is not implemented for ModernBERT (its blocks are not "
-                "identical: the first has no attention norm; local and global ones alternate)"
-            )
+        if not isinstance(scan_layers, bool):
+            raise ValueError(f"scan_layers must be a bool, got {scan_layers!r}")
         self.remat = remat
-        self.scan_layers = False
+        self.scan_layers = scan_layers
+        # nnx.data: the attributes switch between a module and None under set_layout.
+        if scan_layers:
+            self.layers = nnx.data(None)
+            self.first_layer = nnx.data(layers[0])
+            stacked = stack_layers(layers[1:]) if len(layers) > 1 else None
+            self.stacked_layers = nnx.data(stacked)
+        else:
+            self.layers = nnx.data(nnx.List(layers))
+            self.first_layer = nnx.data(None)
+            self.stacked_layers = nnx.data(None)
+
+    def layer_list(self) -> list[ModernBertLayer]:
+        """The blocks one by one (slices of the stacked parameters under ``scan_layers``)."""
+        if not self.scan_layers:
+            return list(self.layers)
+        rest = len(self.layer_types) - 1
+        return [self.first_layer, *(unstack_layers(self.stacked_layers, rest) if rest else [])]
+
+    def set_layout(self, *, remat: str, scan_layers: bool) -> None:
+        """Re-lays the same parameters out for ``remat`` and ``scan_layers`` (in place)."""
+        self._set_layers(self.layer_list(), remat=remat, scan_layers=scan_layers)
 
     def __call__(self, x, masks, ropes, *, deterministic=None, rngs=None):
         """Args: x [B, L, H]; masks and ropes by layer type. Returns: [B, L, H]."""
 
-        def block(layer, x, mask, cos, sin, rngs):
-            return layer(x, mask, cos, sin, deterministic=deterministic, rngs=rngs)
+        def block(layer, x, masks, ropes, local, rngs):
+            return layer(x, masks, ropes, local=local, deterministic=deterministic, rngs=rngs)
 
         if self.remat != "none":
-            block = nnx.remat(block, policy=REMAT_POLICIES[self.remat])
-        for layer in self.layers:
-            kind = LOCAL if layer.local else GLOBAL
-            x = block(layer, materialized_cotangent(x), masks[kind], *ropes[kind], rngs)
+            block = nnx.remat(block, policy=REMAT_POLICIES[self.remat], static_argnums=4)
+        layers = self.layers if not self.scan_layers else [self.first_layer]
+        for layer, kind in zip(layers, self.layer_types, strict=False):
+            x = block(layer, materialized_cotangent(x), masks, ropes, kind == LOCAL, rngs)
+        if not self.scan_layers or self.stacked_layers is None:
+            return x
+        # The other blocks: one scan of a pure function of (parameters, type, x, dropout
+        # stream state). The backward loop's carry holds the residual gradient as one array per
+        # block already; the barrier stays in the body so that this holds even where XLA would
+        # unroll the loop (one conditional per block on CPU, as unrolled).
+        rng_graphdef, rng_state = (None, None) if rngs is None else nnx.split(rngs)
+        graphdef, stacked = nnx.split(self.stacked_layers)
+        local = jnp.asarray([kind == LOCAL for kind in self.layer_types[1:]])
+
+        def body(carry, per_layer):
+            x, rng_state = carry
+            params, local = per_layer
+            stream = None if rng_graphdef is None else nnx.merge(rng_graphdef, rng_state)
+            y = nnx.merge(graphdef, params)(
+                materialized_cotangent(x),
+                masks,
+                ropes,
+                local=local,
+                deterministic=deterministic,
+                rngs=stream,
+            )
+            return (y, None if stream is None else nnx.state(stream)), None
+
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        (x, rng_state), _ = jax.lax.scan(body, (x, rng_state), (stacked, local))
+        if rngs is not None:
+            nnx.update(rngs, rng_state)
         return x
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxsent.models import checkpoint, modernbert
+from jaxsent.models import bert, checkpoint, modernbert
 from jaxsent.models.checkpoint import (
     AS_IS,
     DENSE,
@@ -128,7 +128,8 @@ def build_encoder(
 
 def export_tensors(model: modernbert.ModernBertModel, *, prefix: str = "") -> dict[str, np.ndarray]:
     """Our parameters as HF ``ModernBertModel`` tensors (torch layout, float32)."""
-    return checkpoint.export_tensors(model, KEY_MAP, prefix=prefix)
+    # A scan_layers encoder's stacked parameters are written per layer, as the format names them.
+    return checkpoint.export_tensors(bert.unrolled(model), KEY_MAP, prefix=prefix)
 
 
 def save_encoder(model: modernbert.ModernBertModel, directory: str | os.PathLike) -> None:
