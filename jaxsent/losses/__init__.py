@@ -11,7 +11,8 @@ Losses (scalar, mean over the real rows):
 
 * :func:`sentiment_weighted_loss` — BCE x normalised confidence x length weights;
 * :func:`sentiment_focal_loss` — smoothed BCE x focal modulator x the same weights;
-* :func:`bce_loss` — plain mean sigmoid BCE, the baseline;
+* :func:`bce_loss` — plain mean sigmoid BCE (softmax cross entropy for [B, K]), the
+  baseline;
 * :func:`sentiment_loss` — BCE plus any of the seed's terms, each one switchable;
 * :func:`get_loss` — one of the four by name ('bce', 'weighted', 'focal', 'sentiment');
   :func:`loss_hyperparameters` lists what each accepts, :func:`loss_from_fields` builds

@@ -8,14 +8,14 @@ do not depend on the logits' form and are shared with the binary losses.
 At K = 2 with logits :math:`[0, z]` each one equals its binary sibling on :math:`z`, the
 seed's binary rule being the K = 2 case:
 
-=============================================  ==================================
-K classes                                      binary sibling
-=============================================  ==================================
-:func:`smooth_class_labels`                    :func:`smooth_binary_labels`
+=================================================  =====================================
+K classes                                          binary sibling
+=================================================  =====================================
+:func:`smooth_class_labels`                        :func:`smooth_binary_labels`
 :func:`softmax_cross_entropy_with_integer_labels`  :func:`sigmoid_binary_cross_entropy`
-:func:`softmax_focal_modulator`                :func:`focal_modulator`
-:func:`softmax_confidence_weights`             :func:`confidence_weights`
-=============================================  ==================================
+:func:`softmax_focal_modulator`                    :func:`focal_modulator`
+:func:`softmax_confidence_weights`                 :func:`confidence_weights`
+=================================================  =====================================
 
 Numerics (the standard of the binary terms: no catastrophic cancellation). With
 :math:`M = \max_k z_k`, :math:`a` the first class attaining it and
@@ -28,11 +28,22 @@ a sum of two non-negative terms, so each keeps full relative precision, also the
 :math:`10^{-9}` of a confidently right prediction that ``logsumexp(z) - z_y`` rounds to 0
 in float32. :math:`1 - p_y` is :math:`-\operatorname{expm1}(\log p_y)`, and the margin
 :math:`p_a - p_b` is :math:`p_a \cdot (-\operatorname{expm1}(z_b - z_a))`: no probability is
-subtracted from another. Two derivatives are written out (``jax.custom_jvp``), each because
-autodiff would lose it: the slope :math:`p_y - 1` of :math:`-\log p_y`, which autodiff forms
-by subtraction and rounds to 0 when :math:`p_y` rounds to 1 (it is minus the sum of the
-other classes' probabilities), and the confidence margin's slope at a tie of the two top
-classes (a zero-initialised head), where autodiff takes a one-sided derivative.
+subtracted from another. Two sets of derivatives are written out (``jax.custom_jvp``),
+each where autodiff would lose them:
+
+* of :math:`-\log p_y`, :math:`\sum_{k \ne y} -\log p_k`, :math:`p_y` and
+  :math:`1 - p_y`: autodiff forms the slope :math:`p_y - 1` by subtraction, 0 in float32
+  once :math:`p_y` rounds to 1, and the slope of ``expm1`` as ``expm1(u) + 1``, 0 once
+  :math:`p_y < 6 \cdot 10^{-8}`; written out, they are products and sums of
+  non-negative terms (e.g. :math:`-(1 - p_y)` and :math:`p_y (1 - p_y)`), exact to a few
+  ulp however confident the prediction;
+* of the confidence margin: its slope on the leading class, :math:`p_a (1 - w)`, would
+  cancel as :math:`w \to 1` (it is formed as :math:`p_a ((1 - p_a) + p_b)`), and at a
+  tie of the two top classes (a zero-initialised head) autodiff would take a one-sided
+  slope where the binary weight's is 0.
+
+The first derivatives are exact to a few ulp; second derivatives (through the rules) are
+correct, with autodiff's precision.
 """
 
 from __future__ import annotations

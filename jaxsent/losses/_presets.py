@@ -21,6 +21,10 @@ preset                 loss (terms enabled)                hypothesis: compare w
 ``weighted_stopgrad``  ``weighted``, weights constant      stop-gradient: ``weighted``
 =====================  ==================================  ===================================
 
+Every preset's loss takes binary logits [B] or K-class logits [B, K] with integer labels:
+"BCE" is then softmax cross entropy and each term its K-class form (see
+:mod:`jaxsent.losses._sentiment`); at K = 2 with logits [0, z] it is the binary loss on z.
+
 ``weighted``, ``weighted_stopgrad`` and ``focal_seed`` run the seed's own functions
 (:func:`sentiment_weighted_loss`, :func:`sentiment_focal_loss` with its defaults gamma
 0.1, epsilon 0.05, min_length_weight 0.1); ``bce`` runs :func:`bce_loss`; the others run

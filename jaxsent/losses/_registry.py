@@ -76,7 +76,8 @@ def get_loss(name: str, **hyperparameters) -> Callable:
         values are checked now.
 
     Returns:
-      ``loss_fn(logits, labels, lengths, *, where=None) -> scalar``.
+      ``loss_fn(logits, labels, lengths, *, where=None) -> scalar``, for binary logits [B]
+      (or [B, 1]) with 0/1 labels and for K-class logits [B, K] with integer labels alike.
 
     Raises:
       ValueError: unknown name, unknown hyperparameter, or invalid hyperparameter value.
