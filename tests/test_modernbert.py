@@ -429,11 +429,14 @@ def test_bad_config_and_inputs_are_named():
         model(jnp.zeros((1, 3), jnp.int32), jnp.ones((1, 4)))
 
 
-@pytest.mark.parametrize("strategy, mesh_shape", [("tp", (4, 2)), ("fsdp_tp", (4, 2))])
-def test_sharded_forward_and_gradients_equal_single_device(strategy, mesh_shape):
+@pytest.mark.parametrize(
+    "strategy, mesh_shape, scan", [("tp", (4, 2), False), ("fsdp_tp", (4, 2), True)]
+)
+def test_sharded_forward_and_gradients_equal_single_device(strategy, mesh_shape, scan):
     """The logical axis names shard ModernBERT: tp splits the heads of the fused Wqkv and the
     MLP hidden layer of the fused Wi (never their 3 / 2 halves), and the sharded classifier
-    computes the single-device logits and gradients."""
+    computes the single-device logits and gradients; under ``scan_layers`` too (the stacked
+    parameters' layer axis unsplit, each block's attention path picked by a conditional)."""
     from jaxsent import sharding
     from jaxsent.models import SentimentClassifier
 
@@ -443,7 +446,9 @@ def test_sharded_forward_and_gradients_equal_single_device(strategy, mesh_shape)
     )  # fmt: skip
 
     def make():
-        return SentimentClassifier(config, pooling="mean", rngs=nnx.Rngs(params=0, dropout=1))
+        model = SentimentClassifier(config, pooling="mean", rngs=nnx.Rngs(params=0, dropout=1))
+        model.encoder.encoder.set_layout(remat="none", scan_layers=scan)
+        return model
 
     for path, var in nnx.to_flat_state(nnx.state(make(), nnx.Param)):
         logical = var.get_metadata().get("out_sharding")
@@ -455,11 +460,15 @@ def test_sharded_forward_and_gradients_equal_single_device(strategy, mesh_shape)
     mesh = sharding.make_mesh(data=mesh_shape[0], model=mesh_shape[1])
     model = make()
     sharding.shard_model(model, mesh, strategy)
-    layer = model.encoder.encoder.layers[1]
+    encoder = model.encoder.encoder
+    layer = encoder.stacked_layers if scan else encoder.layers[1]
     data = "data" if strategy == "fsdp_tp" else None
+    stacked = (None,) if scan else ()
     spec = jax.sharding.PartitionSpec
-    assert layer.attn.Wqkv.kernel.get_value().sharding.spec == spec(data, None, "model", None)
-    assert layer.mlp.Wi.kernel.get_value().sharding.spec == spec(data, None, "model")
+    assert layer.attn.Wqkv.kernel.get_value().sharding.spec == spec(
+        *stacked, data, None, "model", None
+    )
+    assert layer.mlp.Wi.kernel.get_value().sharding.spec == spec(*stacked, data, None, "model")
     batch = [jax.device_put(jnp.asarray(x), sharding.batch_sharding(mesh)) for x in (ids, mask)]
     with jax.set_mesh(mesh):
         got = forward(model, *batch)
