@@ -44,7 +44,7 @@ def train_command(model_dir, workdir, *overrides: str, num_steps: int = NUM_STEP
     )
 
 
-def command(model_dir, workdir, *overrides):
+def command(model_dir, workdir, *overrides, num_steps: int = NUM_STEPS):
     """`train_command` with a log row each step, validation every 4 and checkpoints every 2."""
     return train_command(
         model_dir,
@@ -54,6 +54,7 @@ def command(model_dir, workdir, *overrides):
         "--config.train.checkpoint_every_steps=2",
         "--config.train.max_checkpoints=10",
         *overrides,
+        num_steps=num_steps,
     )
 
 

@@ -95,12 +95,44 @@ def test_sigterm_saves_a_checkpoint_and_resumes_bit_identical(reference_run, mod
     _assert_same_run(workdir, reference_run.workdir)
 
 
-def test_changed_config_is_refused(reference_run, model_dir, tmp_path):
+def _tree(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_changed_recipe_is_refused_and_the_workdir_left_untouched(
+    reference_run, model_dir, tmp_path
+):
     workdir = tmp_path / "changed"
     shutil.copytree(reference_run.workdir, workdir)
-    result = run(command(model_dir, workdir, "--config.train.global_batch_size=32"), timeout=600)
-    assert result.returncode != 0
-    assert "cannot resume" in result.stderr and "train.global_batch_size" in result.stderr
+    before = _tree(workdir)
+    changed = ("--config.optim.learning_rate=3e-4", "--config.model.dropout_rate=0.2")
+    result = run(command(model_dir, workdir, *changed), timeout=600)
+    assert result.returncode == 2, result.stderr[-4000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: cannot resume {workdir}: ") and "Traceback" not in result.stderr
+    assert "model.dropout_rate (0.1 -> 0.2)" in line and "optim.learning_rate (" in line
+    assert _tree(workdir) == before
+
+
+def test_a_resume_may_log_differently_and_run_longer_and_records_it(
+    reference_run, model_dir, tmp_path
+):
+    workdir = tmp_path / "longer"
+    shutil.copytree(reference_run.workdir, workdir)
+    started = (workdir / "config.json").read_text()
+    longer = command(model_dir, workdir, "--config.train.log_every_steps=2", num_steps=10)
+    result = run(longer, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"resumed from step {NUM_STEPS}" in result.stderr
+    assert (workdir / "config.json").read_text() == started
+    rows = [json.loads(x) for x in (workdir / "config_changes.jsonl").read_text().splitlines()]
+    assert rows == [
+        {
+            "step": NUM_STEPS,
+            "changes": {"train.log_every_steps": [1, 2], "train.num_steps": [NUM_STEPS, 10]},
+        }
+    ]
+    assert max(train_rows(workdir)) == 10
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(reference_run, model_dir, tmp_path):

@@ -52,12 +52,17 @@ def _check_same_study(workdir, study: dict) -> None:
 
 
 def _check_runs(runs) -> None:
-    """Checks every run's training config, naming the run in the error."""
+    """Checks every run's training config, naming the run in the error.
+
+    The steps are traced for one seed of each variant (seeds change no shape).
+    """
     from jaxsent.training.config_check import ConfigError, check_config
 
+    traced = set()
     for run in runs:
         try:
-            check_config(run.config)
+            check_config(run.config, trace_steps=run.variant not in traced)
+            traced.add(run.variant)
         except ConfigError as err:
             where = f"(study variant {run.variant!r}, seed {run.seed})"
             raise ConfigError(err.field, err.value, f"{err.allowed} {where}") from err

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from jaxsent.models import bert, bert_params, checkpoint, modernbert, modernbert_params
+from jaxsent.models.architectures import ARCHITECTURES, architecture_config
 
 __all__ = [
     "ENCODER_TYPES",
@@ -33,6 +34,7 @@ __all__ = [
     "from_pretrained",
     "make_encoder",
     "model_type_of",
+    "read_model_config",
     "save_encoder",
 ]
 
@@ -62,6 +64,57 @@ def model_type_of(raw_config: Mapping[str, Any], *, source: str = "config.json")
             f"model_type in {list(SUPPORTED_MODEL_TYPES)}"
         )
     return model_type
+
+
+def read_model_config(
+    name: str, *, download: bool = True
+) -> tuple[dict[str, Any], str | None] | None:
+    """The ``config.json`` a model name stands for, and the folder holding it.
+
+    The one reader of a model's config for the trainer, the planner and the config check.
+
+    Args:
+      name: a named architecture (:data:`jaxsent.models.architectures.ARCHITECTURES`: shapes
+        only, no folder), a local folder, a short name, or a hub id.
+      download: fetch a hub id's ``config.json`` (only that file) when it is not in the hub
+        cache; False reads the cache alone and returns None when it is not there.
+
+    Returns:
+      ``(raw_config, folder)``, ``folder`` None for a named architecture; None when
+      ``download`` is False and nothing local holds the config.
+
+    Raises:
+      FileNotFoundError: a folder without ``config.json``, a path that is no folder, or (with
+        ``download``) a hub id whose ``config.json`` cannot be fetched.
+    """
+    if name in ARCHITECTURES:
+        return architecture_config(name), None
+    if os.path.isdir(name) or name in bert_params.SHORT_NAMES:
+        directory = checkpoint.resolve(name)
+        return checkpoint.read_config_json(directory), directory
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_like_path:
+        raise FileNotFoundError(f"model name {name!r} is not a folder")
+    import huggingface_hub
+
+    if download:
+        try:
+            path = huggingface_hub.hf_hub_download(name, "config.json")
+        except Exception as err:  # offline, unknown repo, network: one message
+            raise FileNotFoundError(
+                f"{name!r} is neither a named architecture {sorted(ARCHITECTURES)}, a folder, "
+                f"a short name {sorted(bert_params.SHORT_NAMES)} nor a hub id whose "
+                f"config.json could be read: {type(err).__name__}: {err}"
+            ) from err
+    else:
+        try:
+            path = huggingface_hub.try_to_load_from_cache(name, "config.json")
+        except ValueError:  # not a valid repo id
+            return None
+        if not isinstance(path, str):
+            return None
+    directory = os.path.dirname(path)
+    return checkpoint.read_config_json(directory), directory
 
 
 def config_from_hf(raw_config: Mapping[str, Any], **overrides: Any) -> Config:
