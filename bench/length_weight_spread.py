@@ -23,8 +23,9 @@ import numpy as np
 
 from jaxsent import data as data_lib
 from jaxsent.losses import length_weights
+from jaxsent.models import load_tokenizer
 from jaxsent.study.runner import load_config_file, plan_study
-from jaxsent.training.loop import load_splits, load_tokenizer
+from jaxsent.training.splits import load_splits
 
 # Study configs import `configs.*`, which `python -m train.study` finds from the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

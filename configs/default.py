@@ -12,10 +12,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = data = ml_collections.ConfigDict()
-    data.name = "imdb"  # 'imdb', 'sst2', 'rotten_tomatoes', or a file/folder (local or gs://)
+    data.name = "imdb"  # 'imdb', 'sst2', 'rotten_tomatoes', 'sst5', or a file/folder (local, gs://)
     data.data_dir = ""  # overrides $JAXSENT_DATA_DIR when set
     data.text_column = ""  # '' = the dataset's known column (text / sentence)
     data.label_column = ""
+    # The classes, in class-id order, comma-separated ('very negative,negative,neutral,...');
+    # '' = the data set's own (sst5), else 0/1 binary labels, else the distinct integer labels
+    # in increasing order or the distinct label strings in sorted order (the run says which).
+    data.label_names = ""
+    data.ordinal = False  # ordered classes (ratings): adds mean absolute error, within-one acc.
     data.train_split = "train"
     data.eval_split = "test"  # used once, for the final report
     data.validation_size = 0.1  # fraction (or count) of train held out for model selection
@@ -40,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = model = ml_collections.ConfigDict()
     model.name = "minilm-l6"  # short name, local folder, or hub id of a BERT-family checkpoint
     model.pooling = "mean"  # 'cls' | 'mean' | 'cls_mean'
+    # Classes of the head: 0 = as many as the data has. Two classes get one logit (sigmoid),
+    # K > 2 get K logits (softmax).
+    model.num_labels = 0
     model.dropout_rate = 0.1
     model.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
     # Encoder layout: the same function and losses, other memory and compile time (docs/tpu.md).

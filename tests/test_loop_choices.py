@@ -19,7 +19,7 @@ from cli_runs import DATA_DIR, metrics_rows, read_json, run, train_command
 from jaxsent import calibration, reporting
 from jaxsent.export import read_settings
 from jaxsent.inference import Scorer, load_trained
-from jaxsent.training import loop
+from jaxsent.training import splits as splits_lib
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ def _validation_temperature(workdir, tmp_path) -> tuple[float, int, np.ndarray]:
     settings, _ = read_settings(workdir / "export")
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     config.data.data_dir = DATA_DIR  # where the run's subprocess found it
-    splits = loop.load_splits(config, trained.tokenizer)[0]
+    splits = splits_lib.load_splits(config, trained.tokenizer)[0]
     scorer = Scorer(
         trained.model,
         batch_size=settings.batch_size,

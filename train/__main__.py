@@ -15,7 +15,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from train.cli import RESULT_KEYS, run_cli, setup_process
+from train.cli import result_lines, run_cli, setup_process
 
 # Make `from configs import default` work in config files when run from the repository root.
 sys.path.insert(0, os.getcwd())
@@ -67,8 +67,8 @@ def main(argv):
             f"== {results['split']} metrics ({results['n_examples']:,} examples, "
             f"best checkpoint: step {results['best_step']}) =="
         )
-        for key in RESULT_KEYS:
-            print(f"{key:>10}: {results[key]:.4f}")
+        for line in result_lines(results):
+            print(line)
         if "temperature" in results:
             print(
                 f"temperature {results['temperature']:.3f} (fitted on validation): "

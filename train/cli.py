@@ -20,6 +20,7 @@ traceback instead.
 """
 
 import functools
+import importlib.util
 import logging
 import os
 import sys
@@ -29,8 +30,26 @@ from typing import Any
 from absl import app, flags
 from absl import logging as absl_logging
 
-# The metrics a command prints (its eval_results.json holds every one).
+# The metrics a command prints (its eval_results.json holds every one): two classes, then K.
 RESULT_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "nll", "brier", "ece")
+MULTICLASS_RESULT_KEYS = (
+    "accuracy",
+    "macro_f1",
+    "macro_recall",
+    "nll",
+    "brier",
+    "ece",
+    "classwise_ece",
+    "mae",
+    "accuracy_within_one",
+)
+
+
+def result_lines(results: dict[str, Any]) -> list[str]:
+    """The metric lines a command prints for a report (its classes' metrics, aligned)."""
+    keys = MULTICLASS_RESULT_KEYS if "class_names" in results else RESULT_KEYS
+    width = max(10, *map(len, keys))  # two classes: 10, as it always was
+    return [f"{key:>{width}}: {results[key]:.4f}" for key in keys if key in results]
 
 EXIT_USER_ERROR = 2
 # Errors a user causes and can fix; `jaxsent.training.config_check.ConfigError` is a ValueError.
@@ -114,6 +133,49 @@ def _reporting_errors(main: Callable[[list[str]], Any]) -> Callable[[list[str]],
     return wrapped
 
 
+def quiet_absent_tpu() -> str | None:
+    """Keeps libtpu quiet on a machine without a TPU; returns the JAX platforms to use, or None.
+
+    With the `test` extra (or ``jax[tpu]``) installed, JAX starts the TPU runtime at its first
+    use on any machine, and libtpu prints start-up errors a user reads as a crash ("Failed to
+    find host bounds for accelerator type", "INVALID_ARGUMENT: ... unexpected worker
+    hostname", a "Source Location Trace") before JAX falls back to the CPU; describing a TPU
+    topology for a plan prints them too. Where JAX's own probe (the PCI scan
+    `jax._src.cloud_tpu_init` uses) finds no TPU chip:
+
+    * the TPU is left out of the platforms JAX tries: ``"cuda,cpu"`` with a CUDA plugin
+      installed (JAX skips CUDA itself when no NVIDIA GPU is visible), else ``"cpu"``; a plan
+      still compiles for TPUs through libtpu (`jax.experimental.topologies`);
+    * libtpu is told this host's bounds and name (``TPU_HOST_BOUNDS=1,1,1``,
+      ``TPU_WORKER_HOSTNAMES=localhost``), which it otherwise fails to read from a TPU VM's
+      metadata; topology descriptions and the programs compiled for them do not change.
+
+    Nothing is changed on a TPU VM, without libtpu, or with ``JAX_FORCE_TPU_INIT`` set; a
+    user's ``JAX_PLATFORMS`` (not empty) and ``TPU_*`` variables are kept.
+    """
+    if "JAX_FORCE_TPU_INIT" in os.environ or importlib.util.find_spec("libtpu") is None:
+        return None
+    from jax._src import hardware_utils
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0:
+        return None
+    os.environ.setdefault("TPU_HOST_BOUNDS", "1,1,1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    if os.environ.get("JAX_PLATFORMS"):
+        return None
+    return "cuda,cpu" if _cuda_plugin_installed() else "cpu"
+
+
+def _cuda_plugin_installed() -> bool:
+    try:
+        return any(
+            importlib.util.find_spec(f"jax_plugins.xla_cuda{version}") is not None
+            for version in (12, 13)
+        )
+    except ModuleNotFoundError:  # no jax_plugins namespace: no plugin at all
+        return False
+
+
 def setup_process() -> None:
     """Logging and the XLA compilation cache for a command-line run (call once, in main)."""
     # Make `from configs import default` work in config files when run from the repository root.
@@ -130,6 +192,9 @@ def setup_process() -> None:
     jaxsent_log.setLevel(logging.INFO)
     jaxsent_log.propagate = False
     import jax
+
+    if platforms := quiet_absent_tpu():
+        jax.config.update("jax_platforms", platforms)
 
     # Compiled steps persist across runs (one compile per bucket shape is otherwise paid again
     # by every run and every resume).

@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from train.cli import RESULT_KEYS, run_cli, setup_process
+from train.cli import result_lines, run_cli, setup_process
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A training work directory or an export folder.")
@@ -65,8 +65,8 @@ def _print_results(results, directory: str) -> None:
         f"== {FLAGS.data} {results['split']} metrics ({results['n_examples']:,} examples, "
         f"{results['model']}) =="
     )
-    for key in RESULT_KEYS:
-        print(f"{key:>10}: {results[key]:.4f}")
+    for line in result_lines(results):
+        print(line)
     for note in results["notes"]:
         print(f"NOTE: {note}")
     print(f"full results: {os.path.join(directory, 'eval_results.json')}")

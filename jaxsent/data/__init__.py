@@ -26,7 +26,13 @@ from jaxsent.data.batching import (
     to_numpy_columns,
     token_arrays,
 )
-from jaxsent.data.labels import LABEL_NAMES, normalize_label
+from jaxsent.data.labels import (
+    BINARY,
+    LABEL_NAMES,
+    ClassLabels,
+    infer_class_labels,
+    normalize_label,
+)
 from jaxsent.data.preprocess import (
     TRUNCATION_MODES,
     BadRow,
@@ -49,7 +55,9 @@ from jaxsent.data.preprocess import (
 from jaxsent.data.sources import DATA_DIR_ENV, KNOWN_DATASETS, KnownDataset, load_raw, split_names
 
 __all__ = [
+    "BINARY",
     "BadRow",
+    "ClassLabels",
     "BatchSpec",
     "DATA_DIR_ENV",
     "TRUNCATION_MODES",
@@ -65,6 +73,7 @@ __all__ = [
     "batch_plan",
     "clean_text",
     "find_bad_rows",
+    "infer_class_labels",
     "iterate_batches",
     "load_raw",
     "make_batch",

@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
 
-from jaxsent.data.labels import LABEL_NAMES, normalize_label
+from jaxsent.data.labels import BINARY, LABEL_NAMES, ClassLabels
 
 logger = logging.getLogger(__name__)
 
@@ -161,17 +161,23 @@ def text_problem(text: object, *, clean_markup: bool = True) -> str | None:
 
 
 def find_bad_rows(
-    ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True
+    ds: datasets.Dataset,
+    *,
+    split_name: str,
+    clean_markup: bool = True,
+    classes: ClassLabels = BINARY,
 ) -> list[BadRow]:
     """Lists the malformed rows of a standardised split.
 
     A row is malformed if its text is missing, not a string, or empty/blank (after markup
-    cleaning when ``clean_markup``), or its label is not 0/1 or a name in `LABEL_NAMES`.
+    cleaning when ``clean_markup``), or its label names none of ``classes`` (binary: not 0/1
+    or a name in `LABEL_NAMES`).
 
     Args:
       ds: a data set with ``text`` and ``label`` columns.
       split_name: used in error messages.
       clean_markup: whether the text is checked after `clean_text`.
+      classes: the run's classes (`jaxsent.data.labels.ClassLabels`).
 
     Returns:
       The bad rows in row order (a row with both faults appears twice).
@@ -184,14 +190,16 @@ def find_bad_rows(
     bad: list[BadRow] = []
     texts = table["text"].to_pylist()
     labels = table["label"].to_pylist()
+    if classes == BINARY:
+        allowed = f"label must be 0/1 or one of {sorted(LABEL_NAMES)}"
+    else:
+        allowed = f"label must be one of the classes ({classes.describe()})"
     for row, (text, label) in enumerate(zip(texts, labels, strict=True)):
         problem = text_problem(text, clean_markup=clean_markup)
         if problem is not None:
             bad.append(BadRow(row, "text", text, problem))
-        if normalize_label(label) is None:
-            bad.append(
-                BadRow(row, "label", label, f"label must be 0/1 or one of {sorted(LABEL_NAMES)}")
-            )
+        if classes.encode(label) is None:
+            bad.append(BadRow(row, "label", label, allowed))
     return bad
 
 
@@ -205,7 +213,7 @@ class ScreenedRows:
     Attributes:
       ds: the kept rows (``text``, ``label`` and any other source columns).
       example_ids: int64 ``[N]``: each kept row's index in the input split.
-      labels: int64 ``[N]``: each kept row's label, normalised to 0/1.
+      labels: int64 ``[N]``: each kept row's class id (binary: 0/1).
       split_name: the split's name, used in messages.
       num_input_rows: rows in the input split.
       bad_rows: every malformed row found.
@@ -219,6 +227,7 @@ class ScreenedRows:
     num_input_rows: int
     bad_rows: tuple[BadRow, ...]
     num_filtered: int
+    classes: ClassLabels = BINARY
 
     def __len__(self) -> int:
         return len(self.example_ids)
@@ -235,9 +244,14 @@ class ScreenedRows:
 
 
 def screen_rows(
-    ds: datasets.Dataset, *, split_name: str, clean_markup: bool = True, on_bad_rows: str = "error"
+    ds: datasets.Dataset,
+    *,
+    split_name: str,
+    clean_markup: bool = True,
+    on_bad_rows: str = "error",
+    classes: ClassLabels = BINARY,
 ) -> ScreenedRows:
-    """Validates one split's rows (see `find_bad_rows`) and normalises its labels.
+    """Validates one split's rows (see `find_bad_rows`) and encodes its labels as class ids.
 
     Raises:
       ValueError: a missing ``text``/``label`` column, a bad ``on_bad_rows``, or malformed rows
@@ -246,7 +260,7 @@ def screen_rows(
     if on_bad_rows not in ON_BAD_ROWS:
         raise ValueError(f"on_bad_rows must be one of {ON_BAD_ROWS}, got {on_bad_rows!r}")
     num_input_rows = len(ds)
-    bad = find_bad_rows(ds, split_name=split_name, clean_markup=clean_markup)
+    bad = find_bad_rows(ds, split_name=split_name, clean_markup=clean_markup, classes=classes)
     example_ids = np.arange(num_input_rows, dtype=np.int64)
     num_filtered = 0
     if bad:
@@ -264,7 +278,7 @@ def screen_rows(
         ds = ds.select(example_ids)
         num_filtered = len(bad_idx)
     raw_labels = ds.select_columns(["label"]).with_format("arrow")[:]["label"].to_pylist()
-    labels = np.asarray([normalize_label(v) for v in raw_labels], dtype=np.int64)
+    labels = np.asarray([classes.encode(v) for v in raw_labels], dtype=np.int64)
     return ScreenedRows(
         ds=ds,
         example_ids=example_ids,
@@ -273,6 +287,7 @@ def screen_rows(
         num_input_rows=num_input_rows,
         bad_rows=tuple(bad),
         num_filtered=num_filtered,
+        classes=classes,
     )
 
 
@@ -300,7 +315,13 @@ def tokenize_rows(
     ds = rows.ds
     extra = [c for c in ds.column_names if c not in ("text", "label")]
     tokenize = _Tokenize(
-        tokenizer, max_length, clean_markup, rows.example_ids, truncation, head_fraction
+        tokenizer,
+        max_length,
+        clean_markup,
+        rows.example_ids,
+        truncation,
+        head_fraction,
+        rows.classes,
     )
     fingerprint = Hasher.hash(
         (
@@ -312,6 +333,7 @@ def tokenize_rows(
             Hasher.hash(rows.example_ids.tobytes()),
             # Head-only truncation keeps the fingerprint (and the caches) it always had.
             *(() if truncation == "head" else (truncation, head_fraction)),
+            *(() if rows.classes == BINARY else (rows.classes.to_json(),)),
         )
     )
     out = ds.map(
@@ -345,11 +367,16 @@ def prepare_with_report(
     on_bad_rows: str = "error",
     truncation: str = "head",
     head_fraction: float = 0.25,
+    classes: ClassLabels = BINARY,
 ) -> tuple[datasets.Dataset, PrepareReport]:
     """Validates, cleans and tokenises one split; returns it with a report. See `prepare`."""
     _check_tokenizing(tokenizer, max_length, truncation, head_fraction)  # before reading rows
     rows = screen_rows(
-        ds, split_name=split_name, clean_markup=clean_markup, on_bad_rows=on_bad_rows
+        ds,
+        split_name=split_name,
+        clean_markup=clean_markup,
+        on_bad_rows=on_bad_rows,
+        classes=classes,
     )
     return tokenize_rows(
         rows,
@@ -371,6 +398,7 @@ def prepare(
     on_bad_rows: str = "error",
     truncation: str = "head",
     head_fraction: float = 0.25,
+    classes: ClassLabels = BINARY,
 ) -> datasets.Dataset:
     """Validates, cleans and tokenises one split for training or evaluation.
 
@@ -391,9 +419,10 @@ def prepare(
         `prepare_with_report` to get the count programmatically.
       truncation: ``"head"`` (keep the first tokens) or ``"head_tail"`` (see `encode_texts`).
       head_fraction: the head's share of the budget under ``"head_tail"``.
+      classes: the run's classes (`jaxsent.data.labels.ClassLabels`; binary by default).
 
     Returns:
-      A `datasets.Dataset` with columns ``text`` (raw, as given), ``label`` (int64, 0/1),
+      A `datasets.Dataset` with columns ``text`` (raw, as given), ``label`` (int64, class id),
       ``input_ids`` (list of int32, no padding), ``length`` (int32: real tokens including special
       tokens, i.e. the attention-mask sum, <= max_length), ``full_length`` (int32: tokens of the
       whole text before truncation) and ``example_id`` (int64: the row
@@ -412,6 +441,7 @@ def prepare(
         on_bad_rows=on_bad_rows,
         truncation=truncation,
         head_fraction=head_fraction,
+        classes=classes,
     )[0]
 
 
@@ -426,7 +456,9 @@ class _Tokenize:
         example_ids: np.ndarray,
         truncation: str = "head",
         head_fraction: float = 0.25,
+        classes: ClassLabels = BINARY,
     ):
+        self.classes = classes
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.clean_markup = clean_markup
@@ -445,7 +477,7 @@ class _Tokenize:
         )
         return {
             "text": batch["text"],
-            "label": [normalize_label(v) for v in batch["label"]],
+            "label": [self.classes.encode(v) for v in batch["label"]],
             "input_ids": enc.input_ids,
             "length": enc.lengths.tolist(),
             "full_length": enc.full_lengths.tolist(),

@@ -40,12 +40,23 @@ class KnownDataset:
     hub_config: str | None
     text_column: str
     label_column: str = "label"
+    label_names: tuple[str, ...] | None = None  # class names in class-id order (K-class sets)
+    ordinal: bool = False  # ordered classes (ratings)
 
 
 KNOWN_DATASETS: Mapping[str, KnownDataset] = {
     "imdb": KnownDataset("stanfordnlp/imdb", None, "text"),
     "sst2": KnownDataset("nyu-mll/glue", "sst2", "sentence"),
     "rotten_tomatoes": KnownDataset("cornell-movie-review-data/rotten_tomatoes", None, "text"),
+    # SST-5: labels 0..4; the local copy also has `train_phrases` (every labelled phrase of the
+    # training trees), which the hub copy lacks.
+    "sst5": KnownDataset(
+        "SetFit/sst5",
+        None,
+        "text",
+        label_names=("very negative", "negative", "neutral", "positive", "very positive"),
+        ordinal=True,
+    ),
 }
 
 
@@ -56,17 +67,18 @@ def load_raw(
     data_dir: str | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
+    raw_labels: bool = False,
 ) -> datasets.DatasetDict | datasets.Dataset:
     """Loads a sentiment data set and standardises its columns to ``text`` and ``label``.
 
     Resolution order for ``name_or_path``:
 
-    1. A known name (``imdb``, ``sst2``, ``rotten_tomatoes``) with ``data_dir`` given or the
-       environment variable ``JAXSENT_DATA_DIR`` set: reads ``<dir>/<name>/*.parquet``, one split
-       per file named by the file stem (``train.parquet`` -> ``train``).
+    1. A known name (``imdb``, ``sst2``, ``rotten_tomatoes``, ``sst5``) with ``data_dir`` given
+       or the environment variable ``JAXSENT_DATA_DIR`` set: reads ``<dir>/<name>/*.parquet``,
+       one split per file named by the file stem (``train.parquet`` -> ``train``).
     2. A known name otherwise: ``datasets.load_dataset`` from the Hugging Face hub
        (``stanfordnlp/imdb``, ``nyu-mll/glue``/``sst2``,
-       ``cornell-movie-review-data/rotten_tomatoes``).
+       ``cornell-movie-review-data/rotten_tomatoes``, ``SetFit/sst5``).
     3. An existing file (``.parquet``, ``.csv``, ``.json``, ``.jsonl``) or a directory of
        such files (one format): one split per file stem, where a hub-style shard suffix is
        dropped (``train-00000-of-00002.parquet`` -> ``train``). Local, or in a bucket
@@ -77,7 +89,8 @@ def load_raw(
     Label columns holding known names (``neg``/``pos``, ``negative``/``positive``, any case) or
     ``0``/``1`` in another type (strings, bools, integral floats) are converted to int64. If any
     value is not recognisable, the column is left as it is, so that `prepare` can report the
-    offending rows with their values instead of this function guessing.
+    offending rows with their values instead of this function guessing. ``raw_labels=True``
+    leaves every label column as it is (a K-class run maps labels to its classes itself).
 
     Args:
       name_or_path: a known benchmark name, or a path or URL to a data file or directory.
@@ -120,9 +133,12 @@ def load_raw(
         )
     if isinstance(raw, datasets.DatasetDict):
         return datasets.DatasetDict(
-            {name: _standardise(ds, name, text_column, label_column) for name, ds in raw.items()}
+            {
+                name: _standardise(ds, name, text_column, label_column, raw_labels)
+                for name, ds in raw.items()
+            }
         )
-    return _standardise(raw, split or "", text_column, label_column)
+    return _standardise(raw, split or "", text_column, label_column, raw_labels)
 
 
 def split_names(name_or_path: str, *, data_dir: str | None = None) -> list[str]:
@@ -278,7 +294,9 @@ def _pick_column(ds: datasets.Dataset, wanted: str | None, candidates, kind: str
     )
 
 
-def _standardise(ds: datasets.Dataset, split: str, text_column, label_column) -> datasets.Dataset:
+def _standardise(
+    ds: datasets.Dataset, split: str, text_column, label_column, raw_labels: bool = False
+) -> datasets.Dataset:
     text_column = _pick_column(ds, text_column, _TEXT_COLUMN_CANDIDATES, "text", split)
     label_column = _pick_column(ds, label_column, _LABEL_COLUMN_CANDIDATES, "label", split)
     ds = ds.select_columns([text_column, label_column])
@@ -286,7 +304,7 @@ def _standardise(ds: datasets.Dataset, split: str, text_column, label_column) ->
         # Two-step rename so that swapped names (text<->label) cannot collide.
         ds = ds.rename_columns({text_column: "__text", label_column: "__label"})
         ds = ds.rename_columns({"__text": "text", "__label": "label"})
-    return _labels_to_int(ds)
+    return ds if raw_labels else _labels_to_int(ds)
 
 
 def _labels_to_int(ds: datasets.Dataset) -> datasets.Dataset:

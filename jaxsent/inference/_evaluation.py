@@ -9,7 +9,7 @@ import numpy as np
 from jaxsent import data as data_lib
 from jaxsent import evaluation
 from jaxsent.inference._loading import TrainedModel
-from jaxsent.training.loop import Split
+from jaxsent.training.splits import Split
 
 
 def load_eval_split(

@@ -1,6 +1,10 @@
 """Sentiment classifier: an encoder (BERT, RoBERTa, ModernBERT) + pooling + dropout + a head.
 
-The head emits one logit per example (the losses are binary cross-entropy on logits).
+A two-class model's head emits one logit per example (the binary losses are sigmoid
+cross-entropy on logits); a K-class model's (K > 2) emits K (softmax cross-entropy). A K-class
+folder's ``config.json`` carries ``num_labels = K`` and the class names as ``id2label`` /
+``label2id``; with ``pooling="cls"`` on a BERT encoder with a pooler it is exactly HF's
+``BertForSequenceClassification`` with ``num_labels=K``.
 ``save_pretrained`` writes a Hugging Face folder: ``config.json`` + ``model.safetensors`` with
 the encoder and the head, and :data:`METADATA_FILE` (``jaxsent.json``: pooling, dropout rate,
 compute dtype, and whatever the caller adds). With ``pooling="cls"`` on an encoder with a
@@ -41,7 +45,9 @@ __all__ = [
     "SentimentClassifier",
     "masked_mean",
     "pool",
+    "default_label_names",
     "load_tokenizer",
+    "num_logits",
     "read_metadata",
     "save_pretrained",
     "uses_hf_head",
@@ -96,7 +102,7 @@ def pool(out: Any, mask: jax.Array, pooling: str) -> jax.Array:
 
 
 class SentimentClassifier(nnx.Module):
-    """Encoder + pooling + dropout + Linear(D, 1).
+    """Encoder + pooling + dropout + Linear(D, 1) (two classes) or Linear(D, K) (K > 2).
 
     Args:
       config: encoder architecture, a ``BertConfig`` or ``ModernBertConfig`` (a fresh random
@@ -109,6 +115,9 @@ class SentimentClassifier(nnx.Module):
         ``default``) feeds every dropout layer in train mode.
       encoder: an existing encoder (e.g. from :func:`jaxsent.models.from_pretrained`) to wrap; its
         config must equal ``config``.
+      num_labels: the classes, >= 2: two get one logit (the positive class's), K > 2 get K.
+      label_names: the classes' names in class-id order (exported as ``id2label``); default
+        ``negative``, ``positive`` for two classes, ``"0"`` .. ``"K-1"`` otherwise.
 
     The model starts in eval mode (dropout off); ``model.train()`` / ``model.eval()`` switch.
     """
@@ -122,7 +131,16 @@ class SentimentClassifier(nnx.Module):
         dtype=jnp.float32,
         rngs: nnx.Rngs,
         encoder: loading.Encoder | None = None,
+        num_labels: int = 2,
+        label_names: tuple[str, ...] | None = None,
     ):
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2:
+            raise ValueError(f"num_labels must be an int >= 2, got {num_labels!r}")
+        label_names = default_label_names(num_labels) if label_names is None else label_names
+        if len(label_names) != num_labels:
+            raise ValueError(
+                f"label_names {list(label_names)} must name num_labels={num_labels} classes"
+            )
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
         if not 0.0 <= dropout_rate < 1.0:
@@ -135,12 +153,14 @@ class SentimentClassifier(nnx.Module):
             logger.warning("encoder has no pooler: pooling=%r uses the raw [CLS] state", pooling)
         self.config = config
         self.pooling = pooling
+        self.num_labels = num_labels
+        self.label_names = tuple(str(n) for n in label_names)
         self.encoder = encoder
         self.dropout = nnx.Dropout(dropout_rate, deterministic=True)
         features = config.hidden_size * (2 if pooling == "cls_mean" else 1)
         self.head = nnx.Linear(
             features,
-            1,
+            num_logits(num_labels),
             param_dtype=jnp.float32,
             kernel_init=nnx.initializers.normal(stddev=config.initializer_range),
             bias_init=nnx.initializers.zeros_init(),
@@ -164,11 +184,13 @@ class SentimentClassifier(nnx.Module):
           token_type_ids: [B, L] segment ids or ``None`` (zeros).
 
         Returns:
-          [B] float32 logits (positive class = larger logit).
+          float32 logits: [B] with two classes (positive class = larger logit), [B, K] with
+          K > 2.
         """
         out = self.encoder(input_ids, attention_mask, token_type_ids, rngs=self.rngs)
         features = self.dropout(pool(out, attention_mask, self.pooling), rngs=self.rngs)
-        return self.head(features)[:, 0]
+        logits = self.head(features)
+        return logits[:, 0] if self.num_labels == 2 else logits
 
     @classmethod
     def from_pretrained(
@@ -181,13 +203,18 @@ class SentimentClassifier(nnx.Module):
         rngs: nnx.Rngs | None = None,
         attention_impl: str | None = None,
         config_overrides: dict[str, Any] | None = None,
+        num_labels: int | None = None,
+        label_names: tuple[str, ...] | None = None,
+        replace_mismatched_head: bool = False,
     ) -> SentimentClassifier:
         """Pretrained encoder + head: the saved head if the folder has one, else a fresh one.
 
         A folder written by :func:`save_pretrained` gives back the model that was saved (same
-        parameters, pooling, dropout rate and compute dtype). A ``transformers``
+        parameters, pooling, dropout rate, compute dtype and classes). A ``transformers``
         ``BertForSequenceClassification`` folder with ``num_labels=1`` loads with
-        ``pooling="cls"``; one with another number of labels gets a fresh head (with a warning).
+        ``pooling="cls"`` as a two-class model, one with ``num_labels = K > 2`` as a K-class
+        model (class names from its ``id2label``); one with two labels (two softmax logits)
+        gets a fresh one-logit head (with a warning).
 
         Args:
           name_or_path: folder, short name or hub id (see :func:`checkpoint.resolve`); its
@@ -199,6 +226,13 @@ class SentimentClassifier(nnx.Module):
           dtype: encoder compute dtype; ``None`` takes the saved one, else float32.
           rngs: defaults to ``nnx.Rngs(params=0, dropout=1)``.
           attention_impl, config_overrides: as in :func:`jaxsent.models.from_pretrained`.
+          num_labels: the classes; ``None`` takes the saved head's, else 2. A value
+            contradicting a head saved by jaxsent raises; one contradicting a ``transformers``
+            head gets a fresh head.
+          label_names: the classes' names; None keeps a saved head's own.
+          replace_mismatched_head: a head saved by jaxsent for another number of classes gets a
+            fresh head (with a warning) instead of raising: fine-tuning a trained model for
+            another task.
 
         Returns:
           The classifier, in eval mode.
@@ -235,8 +269,23 @@ class SentimentClassifier(nnx.Module):
                 pooling,
             )
             head = None
+        if head is not None and num_labels is not None and num_labels != head["num_labels"]:
+            if meta and not replace_mismatched_head:
+                raise ValueError(
+                    f"num_labels={num_labels} contradicts the saved head in {directory!r} "
+                    f"({head['num_labels']} classes: {list(head['label_names'])})"
+                )
+            logger.warning(
+                "%s: its head has %d classes; num_labels=%d gets a fresh head",
+                head["source"],
+                head["num_labels"],
+                num_labels,
+            )
+            head = None
         if head is not None:
             pooling = head["pooling"]
+            num_labels, label_names = head["num_labels"], label_names or head["label_names"]
+        num_labels = 2 if num_labels is None else num_labels
         if dropout_rate is None:
             dropout_rate = float(meta.get("dropout_rate", DEFAULT_DROPOUT_RATE))
         rngs = nnx.Rngs(params=0, dropout=1) if rngs is None else rngs
@@ -247,6 +296,8 @@ class SentimentClassifier(nnx.Module):
             dtype=encoder.dtype,
             rngs=rngs,
             encoder=encoder,
+            num_labels=num_labels,
+            label_names=label_names,
         )
         if head is not None:
             kernel, bias = head["weight"].T, head["bias"]
@@ -259,6 +310,16 @@ class SentimentClassifier(nnx.Module):
             model.head.kernel.set_value(jnp.asarray(kernel, jnp.float32))
             model.head.bias.set_value(jnp.asarray(bias, jnp.float32))
         return model
+
+
+def num_logits(num_labels: int) -> int:
+    """The head's outputs for ``num_labels`` classes: one for two, else one per class."""
+    return 1 if num_labels == 2 else num_labels
+
+
+def default_label_names(num_labels: int) -> tuple[str, ...]:
+    """``("negative", "positive")`` for two classes, ``("0", ..., "K-1")`` otherwise."""
+    return ("negative", "positive") if num_labels == 2 else tuple(map(str, range(num_labels)))
 
 
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
@@ -317,21 +378,48 @@ def _pop_head(
             raise checkpoint.CheckpointError(
                 f"{source}: has a {JAXSENT_HEAD} but no {METADATA_FILE} saying its pooling"
             )
-        if head["weight"].shape[0] != 1:
+        outputs = head["weight"].shape[0]
+        if outputs == 2:
             logger.warning(
-                "%s: %s.weight has shape %s (%d labels); a one-logit head is built fresh instead",
+                "%s: %s.weight has shape %s (2 labels: two softmax logits); a one-logit head "
+                "is built fresh instead",
                 source,
                 name,
                 head["weight"].shape,
-                head["weight"].shape[0],
             )
             return None
-        return {**head, "pooling": "cls", "source": source}
+        classes = 2 if outputs == 1 else outputs
+        names = _hf_label_names(directory, classes)
+        return {**head, "pooling": "cls", "source": source, **names}
     if "pooling" not in meta:
         raise checkpoint.CheckpointError(
             f"{os.path.join(directory, METADATA_FILE)}: no 'pooling' for the saved head"
         )
-    return {**head, "pooling": meta["pooling"], "source": source}
+    outputs = head["weight"].shape[0]
+    classes = int(meta.get("num_labels", 2 if outputs == 1 else outputs))
+    names = tuple(meta.get("label_names") or default_label_names(classes))
+    return {
+        **head,
+        "pooling": meta["pooling"],
+        "source": source,
+        "num_labels": classes,
+        "label_names": names,
+    }
+
+
+def _hf_label_names(directory: str, num_labels: int) -> dict[str, Any]:
+    """``num_labels`` and the class names of a transformers head (its ``id2label``, when it
+    names every class; else the defaults)."""
+    names = default_label_names(num_labels)
+    if num_labels > 2:
+        id2label = checkpoint.read_config_json(directory).get("id2label") or {}
+        try:
+            found = tuple(str(id2label[str(i)]) for i in range(num_labels))
+        except KeyError:
+            found = ()
+        if found and len(set(found)) == num_labels:
+            names = found
+    return {"num_labels": num_labels, "label_names": names}
 
 
 def _read_head_file(directory: str) -> dict[str, Any] | None:
@@ -354,6 +442,8 @@ def _read_head_file(directory: str) -> dict[str, Any] | None:
             "bias": f.get_tensor("classifier.bias"),
             "pooling": meta["pooling"],
             "source": path,
+            "num_labels": 2,
+            "label_names": default_label_names(2),
         }
 
 
@@ -414,13 +504,18 @@ def save_pretrained(
             jax.device_get(model.head.bias.get_value()), np.float32
         )
         config = model.config.to_hf_dict()
+        if model.num_labels == 2:
+            # One logit, for the positive class (transformers' pipelines apply a sigmoid).
+            id2label, label2id = {"0": "positive"}, {"positive": 0}
+        else:
+            id2label = {str(i): name for i, name in enumerate(model.label_names)}
+            label2id = {name: i for i, name in enumerate(model.label_names)}
         config.update(
             architectures=(
                 ["BertForSequenceClassification"] if hf_head else config["architectures"]
             ),
-            # One logit, for the positive class (transformers' pipelines apply a sigmoid).
-            id2label={"0": "positive"},
-            label2id={"positive": 0},
+            id2label=id2label,
+            label2id=label2id,
             classifier_dropout=model.dropout.rate,
         )
         meta = {
@@ -430,6 +525,8 @@ def save_pretrained(
             "dropout_rate": model.dropout.rate,
             "dtype": jnp.dtype(model.encoder.dtype).name,
         }
+        if model.num_labels != 2:  # two-class folders stay as they always were
+            meta.update(num_labels=model.num_labels, label_names=list(model.label_names))
         clash = sorted(set(meta) & set(metadata or {}))
         if clash:
             raise ValueError(f"metadata must not redefine {clash}: the model sets them")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any
 
@@ -23,11 +22,25 @@ from flax import nnx
 
 from jaxsent import losses, sharding
 from jaxsent.models import SentimentClassifier, bert, bert_params, loading
-from jaxsent.models.architectures import ARCHITECTURES, architecture_config
+from jaxsent.models.classifier import default_label_names
+from jaxsent.training.config_check import configured_classes
 from jaxsent.training.optim import make_optimizer
-from jaxsent.training.steps import StepFunctions, build_steps, make_steps, trainable_filter
+from jaxsent.training.steps import (
+    StepFunctions,
+    abstract_arguments,
+    abstract_batch,
+    build_steps,
+    make_steps,
+    trainable_filter,
+)
 
-__all__ = ["encoder_config", "build_model", "training_steps"]
+__all__ = [
+    "abstract_batch",
+    "abstract_steps",
+    "build_model",
+    "encoder_config",
+    "training_steps",
+]
 
 
 def _has_pooler(directory: str, model_type: str | None) -> bool:
@@ -57,54 +70,47 @@ def encoder_config(name: str) -> loading.Config:
       The family's config (a BERT-family one with a pooler unless a local checkpoint's weights
       have none).
     """
-    if name in ARCHITECTURES:
-        return loading.config_from_hf(architecture_config(name))
-    if os.path.isdir(name) or name in bert_params.SHORT_NAMES:
-        directory = bert_params.resolve(name)
-        path = os.path.join(directory, "config.json")
-    else:
-        import huggingface_hub
-
-        try:
-            path = huggingface_hub.hf_hub_download(name, "config.json")
-        except Exception as err:  # offline, unknown repo, network: one message
-            raise FileNotFoundError(
-                f"config.model.name={name!r} is neither a named architecture "
-                f"{sorted(ARCHITECTURES)}, a folder, a short name {sorted(bert_params.SHORT_NAMES)}"
-                f" nor a hub id whose config.json could be read: {type(err).__name__}: {err}"
-            ) from err
-        directory = os.path.dirname(path)
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
+    raw, directory = loading.read_model_config(name, download=True)
     config = loading.config_from_hf(raw)
-    if isinstance(config, bert.BertConfig):  # ModernBERT has no pooler
+    if isinstance(config, bert.BertConfig) and directory is not None:  # ModernBERT: no pooler
         config = dataclasses.replace(
             config, use_pooler=_has_pooler(directory, raw.get("model_type"))
         )
     return config
 
 
-def build_model(config: ml_collections.ConfigDict, *, pretrained: bool = True):
+def build_model(
+    config: ml_collections.ConfigDict,
+    *,
+    pretrained: bool = True,
+    label_names: tuple[str, ...] | None = None,
+):
     """The classifier that ``config.model`` describes, in the encoder layout it asks for.
 
     Args:
       config: a run config (``configs/default.py``).
       pretrained: load ``config.model.name``'s weights; False initialises the architecture
         (:func:`encoder_config`) at random: call it under ``nnx.eval_shape`` for shapes alone.
+      label_names: the classes, in class-id order (the head has one logit for two, else one
+        per class); default those the config names (`config_check.configured_classes`), else
+        the two binary classes.
 
     Returns:
       The `SentimentClassifier` (eval mode), with ``model.remat`` and ``model.scan_layers``
       applied to its encoder.
     """
     mc = config.model
+    label_names = tuple(label_names or configured_classes(config) or default_label_names(2))
     kwargs = dict(
         pooling=mc.pooling,
         dropout_rate=mc.dropout_rate,
         dtype=jnp.dtype(mc.dtype),
         rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+        num_labels=len(label_names),
+        label_names=label_names,
     )
     if pretrained:
-        model = SentimentClassifier.from_pretrained(mc.name, **kwargs)
+        model = SentimentClassifier.from_pretrained(mc.name, replace_mismatched_head=True, **kwargs)
     else:
         model = SentimentClassifier(encoder_config(mc.name), **kwargs)
     # Checkpoints load per layer (the Hugging Face layout); the layout changes here, at the edge.
@@ -112,8 +118,10 @@ def build_model(config: ml_collections.ConfigDict, *, pretrained: bool = True):
     return model
 
 
-def _model_and_optimizer(config, tx: optax.GradientTransformation, *, pretrained: bool):
-    model = build_model(config, pretrained=pretrained)
+def _model_and_optimizer(
+    config, tx: optax.GradientTransformation, *, pretrained: bool, label_names
+):
+    model = build_model(config, pretrained=pretrained, label_names=label_names)
     return model, nnx.Optimizer(model, tx, wrt=trainable_filter(model))
 
 
@@ -129,6 +137,7 @@ def training_steps(
     *,
     total_steps: int,
     abstract: bool = False,
+    label_names: tuple[str, ...] | None = None,
 ) -> tuple[StepFunctions, nnx.State, optax.Schedule]:
     """The run's jitted train and eval steps, their state and the learning-rate schedule.
 
@@ -140,6 +149,7 @@ def training_steps(
       abstract: build from the architecture alone, under ``nnx.eval_shape``: the state holds
         `jax.ShapeDtypeStruct`s and is not placed (see `jaxsent.training.steps.make_steps`).
         Else load the pretrained weights and place the state on ``mesh``.
+      label_names: the run's classes (see `build_model`).
 
     Returns:
       ``(steps, state, schedule)``.
@@ -155,13 +165,40 @@ def training_steps(
     )
     if abstract:
         model, optimizer = nnx.eval_shape(
-            lambda: _model_and_optimizer(config, tx, pretrained=False)
+            lambda: _model_and_optimizer(config, tx, pretrained=False, label_names=label_names)
         )
         steps, state = make_steps(model, optimizer, **kwargs)
     else:
         # Built outside the mesh context: parameters carry logical axis names, which only become
         # mesh axes through the sharding rules when the state is placed (in build_steps).
-        model, optimizer = _model_and_optimizer(config, tx, pretrained=True)
+        model, optimizer = _model_and_optimizer(
+            config, tx, pretrained=True, label_names=label_names
+        )
         with jax.set_mesh(mesh):
             steps, state = build_steps(model, optimizer, **kwargs)
     return steps, state, schedule
+
+
+def abstract_steps(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[StepFunctions, nnx.State, nnx.State]:
+    """The run's steps built abstractly, with their state and RNG state as sharded shapes.
+
+    What `jax.jit(...).trace`, ``.lower`` and ``.compile`` take to build the run's program for
+    ``mesh`` (any mesh: local devices, or a TPU or GPU topology's descriptions) without
+    weights, data or arrays: ``step_fn.lower(state, rng_state, abstract_batch(...))``. The
+    schedule is as long as ``train.num_steps`` (at least the warmup and 1): its length does
+    not change the program.
+
+    Returns:
+      ``(steps, state, rng_state)``, the last two `jax.ShapeDtypeStruct` trees carrying the
+      shardings of ``config.mesh.strategy`` on ``mesh``.
+    """
+    total_steps = max(int(config.train.num_steps), int(config.optim.warmup_steps), 1)
+    steps, state, _ = training_steps(config, mesh, total_steps=total_steps, abstract=True)
+    shardings = functools.partial(sharding.tree_shardings, mesh=mesh, rules=config.mesh.strategy)
+    return (
+        steps,
+        abstract_arguments(state, shardings(state)),
+        abstract_arguments(steps.rng_state, shardings(steps.rng_state)),
+    )

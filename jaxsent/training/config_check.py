@@ -20,11 +20,10 @@ import dataclasses
 import difflib
 import functools
 import glob
-import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -32,21 +31,42 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxsent import losses, metrics, sharding, storage
+from jaxsent import losses, metrics, multiclass_metrics, sharding, storage
 from jaxsent.data import preprocess
 from jaxsent.data.sources import DATA_DIR_ENV, KNOWN_DATASETS
 from jaxsent.models import POOLINGS, bert_params, loading
 from jaxsent.models.architectures import ARCHITECTURES
 from jaxsent.training.optim import SCHEDULES
 
-__all__ = ["ConfigError", "check_config", "parse_extra_evals", "FIELDS", "OPTIONAL_FIELDS"]
+__all__ = [
+    "ConfigError",
+    "check_config",
+    "configured_classes",
+    "is_ordinal",
+    "metric_names",
+    "parse_extra_evals",
+    "parse_label_names",
+    "FIELDS",
+    "OPTIONAL_FIELDS",
+]
 
 COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters stay float32 (configs/default.py)
 BEST_MODES = ("max", "min")
 REMAT_MODES = ("none", "full", "dots")
 # The direction of the validation metrics a run can select on (mode checked against it).
-HIGHER_IS_BETTER = frozenset({"accuracy", "precision", "recall", "f1", "auroc"})
-LOWER_IS_BETTER = frozenset({"nll", "brier", "ece"})
+HIGHER_IS_BETTER = frozenset(
+    {
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "auroc",
+        "macro_f1",
+        "macro_recall",
+        "accuracy_within_one",
+    }
+)
+LOWER_IS_BETTER = frozenset({"nll", "brier", "ece", "classwise_ece", "mae"})
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _MISSING = object()
 
@@ -62,7 +82,8 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, value: Any, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
-        shown = f"config.{field}" if value is _MISSING else f"config.{field}={value!r}"
+        shown = "config" if not field else f"config.{field}"
+        shown += "" if value is _MISSING else f"={value!r}"
         super().__init__(re.sub(r"\s*\n\s*", " ", f"{shown}: {allowed}"))
 
 
@@ -76,6 +97,7 @@ class _Context:
     config: ml_collections.ConfigDict
     num_devices: int
     process_count: int
+    needs_weights: bool = True  # training loads the checkpoint; a plan needs shapes only
 
     def get(self, field: str, default: Any = None) -> Any:
         value = self.config
@@ -196,6 +218,27 @@ def _data_dir(value, ctx: _Context) -> str | None:
     return None
 
 
+def parse_label_names(spec: str) -> tuple[str, ...]:
+    """``"very negative, negative,neutral"`` -> ``("very negative", "negative", "neutral")``;
+    ``""`` -> ``()``."""
+    return tuple(name.strip() for name in spec.split(",")) if spec.strip() else ()
+
+
+def _label_names(value, ctx: _Context) -> str | None:
+    allowed = "must be '' or two or more distinct class names, comma-separated"
+    if not isinstance(value, str):
+        return allowed
+    names = parse_label_names(value)
+    if not names:
+        return None
+    if len(names) < 2 or not all(names) or len({n.casefold() for n in names}) != len(names):
+        return allowed
+    num_labels = ctx.get("model.num_labels", 0)
+    if _is_int(num_labels) and num_labels and num_labels != len(names):
+        return f"names {len(names)} classes but model.num_labels={num_labels}"
+    return None
+
+
 def parse_extra_evals(spec: str) -> dict[str, tuple[str, str]]:
     """Parses `data.extra_evals`: ``"rotten_tomatoes:all,imdb"`` -> ``{key: (name, split)}``.
 
@@ -237,25 +280,11 @@ def _extra_evals(value, ctx: _Context) -> str | None:
 
 def _read_model_config(name: str) -> dict[str, Any] | None:
     """``config.json`` of a model folder, short name, named architecture or cached hub id."""
-    path = None
     try:
-        if os.path.isdir(name):
-            path = os.path.join(name, "config.json")
-        elif name in bert_params.SHORT_NAMES:
-            path = os.path.join(bert_params.resolve(name), "config.json")
-        elif name in ARCHITECTURES:
-            return dict(ARCHITECTURES[name][1])
-        elif _HUB_ID.match(name):
-            import huggingface_hub
-
-            cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
-            path = cached if isinstance(cached, str) else None
-        if path is not None and os.path.isfile(path):
-            with open(path) as f:
-                return json.load(f)
-    except (OSError, ValueError, ModuleNotFoundError):
-        pass
-    return None
+        found = loading.read_model_config(name, download=False)
+    except (OSError, ValueError):
+        return None
+    return None if found is None else found[0]
 
 
 def _model_type_problem(raw: dict[str, Any] | None) -> str | None:
@@ -285,8 +314,13 @@ def _model_name(value, ctx: _Context) -> str | None:
         if not os.path.isfile(os.path.join(value, "config.json")):
             return "is a folder without config.json"
         return _model_type_problem(ctx.model_config)
-    if value in ARCHITECTURES:  # weights from the hub id it describes; plans need none
-        return None
+    if value in ARCHITECTURES:
+        if not ctx.needs_weights:
+            return None
+        return (
+            "is a named architecture: shapes without weights, for `python -m train.plan`; to "
+            f"train it, name its checkpoint ({ARCHITECTURES[value][0]!r}) or a local folder"
+        )
     looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1
     if looks_like_path or os.path.exists(value) or not _HUB_ID.match(value):
         return (
@@ -304,19 +338,63 @@ def _model_name(value, ctx: _Context) -> str | None:
 # --- metrics and batches -----------------------------------------------------------------------
 
 
+def configured_classes(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+    """The class names a config implies before any data is read: ``data.label_names``, the
+    known data set's (``sst5``), or ``model.num_labels`` unnamed ones; None when it names
+    none (the training labels decide: binary, or the classes they hold).
+
+    What a plan and the config check build the head for; a training run takes its classes from
+    the data (`jaxsent.training.splits.run_classes`), which agrees wherever this names them.
+    """
+    from jaxsent.models.classifier import default_label_names
+
+    names = parse_label_names(config.data.get("label_names", ""))
+    known = KNOWN_DATASETS.get(config.data.get("name"))
+    if not names and known is not None and known.label_names:
+        names = known.label_names
+    num_labels = config.model.get("num_labels", 0)
+    if names and (not num_labels or num_labels == len(names)):
+        return tuple(names)
+    return default_label_names(num_labels) if num_labels else None
+
+
+def is_ordinal(config: ml_collections.ConfigDict) -> bool:
+    """``data.ordinal``, or a known data set of ordered classes (``sst5``)."""
+    known = KNOWN_DATASETS.get(config.data.get("name"))
+    return bool(config.data.get("ordinal", False)) or bool(known and known.ordinal)
+
+
 @functools.cache
-def metric_names() -> tuple[str, ...]:
-    """The validation metrics the training loop writes (and can select the best step on)."""
-    shapes = jax.eval_shape(
-        metrics.binary_classification_metrics,
-        jax.ShapeDtypeStruct((2,), jnp.float32),
-        jax.ShapeDtypeStruct((2,), jnp.int32),
-    )
+def metric_names(num_classes: int | None = 2, ordinal: bool = False) -> tuple[str, ...]:
+    """The validation metrics the training loop writes (and can select the best step on).
+
+    Args:
+      num_classes: the run's classes; None when only the data will tell (the names of two and
+        of more classes together).
+      ordinal: ordered classes (the ordinal metrics, for more than two classes).
+    """
+    if num_classes is None:
+        return tuple(sorted(set(metric_names(2)) | set(metric_names(3, ordinal))))
+    if num_classes == 2:
+        shapes = jax.eval_shape(
+            metrics.binary_classification_metrics,
+            jax.ShapeDtypeStruct((2,), jnp.float32),
+            jax.ShapeDtypeStruct((2,), jnp.int32),
+        )
+    else:
+        shapes = jax.eval_shape(
+            functools.partial(
+                multiclass_metrics.multiclass_classification_metrics, ordinal=ordinal
+            ),
+            jax.ShapeDtypeStruct((2, num_classes), jnp.float32),
+            jax.ShapeDtypeStruct((2,), jnp.int32),
+        )
     return tuple(sorted(k for k in shapes if k != "n_examples"))
 
 
 def _best_metric(value, ctx: _Context) -> str | None:
-    names = metric_names()
+    classes = configured_classes(ctx.config) if _is_group(ctx.get("data")) else None
+    names = metric_names(None if classes is None else len(classes), is_ordinal(ctx.config))
     ok = isinstance(value, str) and value in names
     return None if ok else "must be one of " + ", ".join(repr(n) for n in names)
 
@@ -377,6 +455,8 @@ FIELDS: dict[str, Rule] = {
     "data.name": _data_name,
     "data.text_column": _rule("str", "must be a column name or '' (the data set's own)"),
     "data.label_column": _rule("str", "must be a column name or '' (the data set's own)"),
+    "data.label_names": _label_names,
+    "data.ordinal": _rule("bool", "must be True or False"),
     "data.train_split": _rule("str", "must be a split name", bool),
     "data.eval_split": _rule("str", "must be a split name", bool),
     "data.validation_size": _FRACTION_OR_COUNT,
@@ -395,6 +475,11 @@ FIELDS: dict[str, Rule] = {
     "data.on_bad_rows": _one_of(preprocess.ON_BAD_ROWS),
     "model.name": _model_name,
     "model.pooling": _one_of(POOLINGS),
+    "model.num_labels": _rule(
+        "int",
+        "must be 0 (as many as the data's classes) or an integer >= 2",
+        lambda v: v in (0,) or v >= 2,
+    ),
     "model.dropout_rate": _rule("number", "must be a number in [0, 1)", lambda v: 0 <= v < 1),
     "model.dtype": _one_of(COMPUTE_DTYPES),
     "model.remat": _one_of(REMAT_MODES),
@@ -443,6 +528,9 @@ FIELDS: dict[str, Rule] = {
 OPTIONAL_FIELDS = frozenset(
     {
         "data.eval_holdout",
+        "data.label_names",
+        "data.ordinal",
+        "model.num_labels",
         "model.remat",
         "model.scan_layers",
         "train.micro_batch_size",
@@ -466,6 +554,18 @@ def _mesh_devices(ctx: _Context) -> ConfigError | None:
         return ConfigError(
             "mesh.data", data, f"times mesh.model ({model}) must equal the number of devices ({n})"
         )
+    return None
+
+
+def _model_config_fields(ctx: _Context) -> ConfigError | None:
+    """The model's own config.json read as its family reads it (its fields checked there)."""
+    raw = ctx.model_config
+    if raw is None:
+        return None
+    try:
+        loading.config_from_hf(raw)
+    except (ValueError, TypeError) as err:
+        return ConfigError("model.name", ctx.get("model.name"), f"has a config.json {err}")
     return None
 
 
@@ -565,6 +665,7 @@ def _best_mode(ctx: _Context) -> ConfigError | None:
 
 #: Checks between fields, run once every field has passed its own rule.
 COMBINATIONS: tuple[Callable[[_Context], ConfigError | None], ...] = (
+    _model_config_fields,
     _mesh_devices,
     _mesh_heads,
     _max_length_positions,
@@ -597,12 +698,32 @@ def _unknown_field(path: str, value: Any) -> ConfigError:
     return ConfigError(path, value, f"is not a field of the training config{hint}")
 
 
-def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
+def check_config(
+    config: ml_collections.ConfigDict,
+    *,
+    num_devices: int | None = None,
+    needs_weights: bool = True,
+    trace_steps: bool = True,
+    devices: Sequence[Any] | None = None,
+) -> None:
     """Checks every field of a training config before any work starts.
+
+    Field by field (`FIELDS`), then the fields that must fit together (`COMBINATIONS`), and
+    last the run itself: the model is built abstractly from its ``config.json`` (no weights)
+    and the train and eval steps are traced on abstract batches of ``data.max_length`` tokens
+    over the run's mesh (no data, nothing compiled), so that fields that each pass but do not
+    work together fail here, in one line, instead of after the run has written anything.
 
     Args:
       config: a training config (``configs/default.py`` and the configs built on it).
-      num_devices: the devices the run's mesh spans; default ``jax.device_count()``.
+      num_devices: the devices the run's mesh spans; default ``len(devices)`` or
+        ``jax.device_count()``.
+      needs_weights: the run loads the checkpoint (training); False for a plan, which may name
+        an architecture alone (``bert-large``).
+      trace_steps: trace the steps (skipped when the model's ``config.json`` is not on this
+        machine: a hub id the run will download).
+      devices: the devices to trace over (a plan's topology descriptions); default the first
+        ``num_devices`` local devices (no trace when there are fewer).
 
     Raises:
       ConfigError: the first bad field, as one line ``config.<field>=<value>: <allowed>``:
@@ -613,8 +734,15 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
     """
     ctx = _Context(
         config,
-        num_devices=jax.device_count() if num_devices is None else num_devices,
+        num_devices=(
+            num_devices
+            if num_devices is not None
+            else len(devices)
+            if devices is not None
+            else jax.device_count()
+        ),
         process_count=jax.process_count(),
+        needs_weights=needs_weights,
     )
     for path, value in _leaves(config):
         if path in _GROUPS:
@@ -635,3 +763,49 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
     for combination in COMBINATIONS:
         if (error := combination(ctx)) is not None:
             raise error
+    if trace_steps and ctx.model_config is not None:
+        if devices is None and ctx.num_devices <= jax.device_count():
+            devices = jax.devices()[: ctx.num_devices]
+        if devices is not None:
+            mesh = sharding.make_mesh(
+                data=config.mesh.data, model=config.mesh.model, devices=devices
+            )
+            _trace_steps(config, mesh)
+
+
+_TRACED: set[tuple[str, tuple[int, ...], tuple[tuple[str, int], ...]]] = set()
+
+
+def _trace_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """Traces the run's train and eval steps on abstract arguments; one line if they fail.
+
+    A config traced once in this process over the same mesh is not traced again.
+    """
+    key = (
+        config.to_json_best_effort(sort_keys=True),
+        tuple(d.id for d in mesh.devices.flat),
+        tuple(mesh.shape.items()),
+    )
+    if key in _TRACED:
+        return
+    from jaxsent.training import build  # the trainer's own builder (it imports this module's peers)
+
+    length = int(config.data.max_length)
+    what = "model"
+    try:
+        steps, state_args, rng_args = build.abstract_steps(config, mesh)
+        with jax.set_mesh(mesh):
+            for what, fn, batch in (  # noqa: B007 - `what` names the failure below
+                ("train step", steps.train_step_fn, config.train.global_batch_size),
+                ("eval step", steps.eval_step_fn, config.train.eval_batch_size),
+            ):
+                fn.trace(state_args, rng_args, build.abstract_batch(int(batch), length, mesh))
+    except Exception as err:  # noqa: BLE001 - any failure is this config's; --debug has the chain
+        detail = " ".join(f"{type(err).__name__}: {err}".split())
+        raise ConfigError(
+            "",
+            _MISSING,
+            f"the run's {what} cannot be built from these fields (model.name="
+            f"{config.model.name!r}, max_length {length}): {detail}",
+        ) from err
+    _TRACED.add(key)

@@ -28,10 +28,12 @@ from tqdm.auto import tqdm
 from jaxsent import calibration, evaluation, export, losses, reporting, sharding, storage
 from jaxsent import data as data_lib
 from jaxsent.models import load_tokenizer
+from jaxsent.training import recipe
 from jaxsent.training.build import training_steps
 from jaxsent.training.checkpointing import Checkpoints
-from jaxsent.training.config_check import check_config, parse_extra_evals
+from jaxsent.training.config_check import ConfigError, check_config, metric_names
 from jaxsent.training.preemption import StopSignals, TrainingInterrupted
+from jaxsent.training.splits import Split, load_splits
 from jaxsent.training.steps import StepFunctions, merge_model
 from jaxsent.training.timing import PhaseTimer
 from jaxsent.training.writers import MetricsWriter
@@ -57,18 +59,6 @@ RESUME_KEYS = (
 )
 # The value a key added to RESUME_KEYS later had in the checkpoints written before it.
 RESUME_KEY_DEFAULTS = {"model.scan_layers": False}
-
-
-@dataclasses.dataclass
-class Split:
-    """A tokenized split and its columnar arrays for fast batching."""
-
-    name: str
-    dataset: Any  # datasets.Dataset
-    arrays: data_lib.TokenArrays
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -106,116 +96,6 @@ def length_bucketing_warning(loss_fields, boundaries) -> str | None:
         f"length-bucketed ({len(boundaries)} buckets), so the weights within a batch are "
         "nearly equal; set data.num_buckets=1 for random batches as in the seed (docs/study.md)"
     )
-
-
-def _as_count_or_fraction(size):
-    # ml_collections keeps the field's float type, so a count given as 256 arrives as 256.0.
-    return int(size) if size >= 1 else size
-
-
-def load_splits(
-    config: ml_collections.ConfigDict, tokenizer, timer: PhaseTimer | None = None
-) -> tuple[dict[str, Split], dict[str, int], list[str]]:
-    """Train / validation (carved from train, fixed seed) / eval splits, tokenized.
-
-    Rows are validated and selected (validation split, training subset, evaluation sample) from
-    their labels first, and only the selected rows are tokenised. A data set with a single split
-    (one file) and neither `data.train_split` nor `data.eval_split` among its splits is divided:
-    a stratified `data.eval_holdout` of it (fixed by `data.eval_sample_seed`) is held out for the
-    final evaluation and the rest is trained on.
-
-    Returns:
-      The splits; the sizes before any subsetting, so the run can say what it left out; and notes
-      on how the splits were made.
-    """
-    timer = timer or PhaseTimer()
-    dc = config.data
-    kwargs = dict(
-        data_dir=dc.data_dir or None,
-        text_column=dc.text_column or None,
-        label_column=dc.label_column or None,
-    )
-
-    def screen(ds, split_name):
-        return data_lib.screen_rows(
-            ds, split_name=split_name, clean_markup=dc.clean_markup, on_bad_rows=dc.on_bad_rows
-        )
-
-    def tokenize(rows):
-        return data_lib.tokenize_rows(
-            rows,
-            tokenizer,
-            max_length=dc.max_length,
-            clean_markup=dc.clean_markup,
-            truncation=dc.truncation,
-            head_fraction=dc.head_fraction,
-        )[0]
-
-    notes = []
-    with timer.phase("load"):
-        names = data_lib.split_names(dc.name, data_dir=dc.data_dir or None)
-        single = _single_split(names, dc)
-        if single is None:
-            train_rows = screen(
-                data_lib.load_raw(dc.name, split=dc.train_split, **kwargs), dc.train_split
-            )
-            eval_rows = screen(
-                data_lib.load_raw(dc.name, split=dc.eval_split, **kwargs), dc.eval_split
-            )
-        else:
-            rows = screen(data_lib.load_raw(dc.name, split=single, **kwargs), single)
-            held_out, kept = data_lib.validation_indices(
-                rows.labels,
-                validation_size=_as_count_or_fraction(dc.eval_holdout),
-                seed=dc.eval_sample_seed,
-            )[::-1]
-            train_rows, eval_rows = rows.select(kept), rows.select(held_out)
-            notes.append(
-                f"{dc.name} has one split ({single!r}): evaluating on a stratified held-out "
-                f"{len(eval_rows):,} of its {len(rows):,} rows (data.eval_holdout="
-                f"{dc.eval_holdout}) and training on the rest"
-            )
-        train_idx, validation_idx = data_lib.validation_indices(
-            train_rows.labels,
-            validation_size=_as_count_or_fraction(dc.validation_size),
-            seed=config.seed,
-        )
-        full_sizes = {"train": len(train_idx), "eval": len(eval_rows)}
-        if dc.train_size and dc.train_size < len(train_idx):
-            train_idx = train_idx[
-                data_lib.stratified_indices(
-                    train_rows.labels[train_idx], size=dc.train_size, seed=config.seed
-                )
-            ]
-        eval_idx = np.arange(len(eval_rows))
-        if dc.eval_size and dc.eval_size < len(eval_rows):
-            # One sample for every training seed: seeds and loss variants are compared on the
-            # same examples.
-            eval_idx = data_lib.stratified_indices(
-                eval_rows.labels, size=dc.eval_size, seed=dc.eval_sample_seed
-            )
-        extra = {
-            key: screen(data_lib.load_raw(name, split=split, data_dir=dc.data_dir or None), key)
-            for key, (name, split) in parse_extra_evals(dc.extra_evals).items()
-        }
-    with timer.phase("tokenise"):
-        splits = {
-            "train": tokenize(train_rows.select(train_idx)),
-            "validation": tokenize(train_rows.select(validation_idx)),
-            "eval": tokenize(eval_rows.select(eval_idx)),
-        }
-        splits.update({key: tokenize(rows) for key, rows in extra.items()})
-        splits = {
-            name: Split(name, ds, data_lib.to_numpy_columns(ds)) for name, ds in splits.items()
-        }
-    return splits, full_sizes, notes
-
-
-def _single_split(names: list[str], dc: ml_collections.ConfigDict) -> str | None:
-    """The one split of a single-split data set when neither named split exists, else None."""
-    if len(names) == 1 and dc.train_split not in names and dc.eval_split not in names:
-        return names[0]
-    return None
 
 
 class BatchPlacer:
@@ -394,6 +274,19 @@ class Run:
     def is_main(self) -> bool:
         return jax.process_index() == 0
 
+    @property
+    def classes(self) -> data_lib.ClassLabels:
+        return self.splits["train"].classes
+
+    def report_options(self, *, scalar: bool = False) -> dict[str, Any]:
+        """The keyword arguments of `jaxsent.evaluation`'s reports for this run's classes."""
+        if self.classes.num_classes == 2:
+            return {}
+        options: dict[str, Any] = {"ordinal": self.classes.ordinal}
+        if not scalar:
+            options["class_names"] = list(self.classes.names)
+        return options
+
     def predict(self, split: Split) -> dict[str, np.ndarray]:
         return predict_split(
             self.steps,
@@ -423,18 +316,55 @@ def make_run_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return mesh
 
 
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """A run's tokenizer and tokenised splits (`load_run_data`): everything read before the
+    run writes anything."""
+
+    tokenizer: Any
+    splits: dict[str, Split]
+    full_sizes: dict[str, int]
+    notes: list[str]
+
+
+def check_best_metric(config: ml_collections.ConfigDict, classes: data_lib.ClassLabels) -> None:
+    """``train.best_metric`` is one that validation writes for the data's classes.
+
+    Raises:
+      ConfigError: it is not (the config check could not tell before the data named the
+        classes).
+    """
+    names = metric_names(classes.num_classes, classes.ordinal)
+    if config.train.best_metric not in names:
+        raise ConfigError(
+            "train.best_metric",
+            config.train.best_metric,
+            f"must be one of {', '.join(map(repr, names))} for the data's "
+            f"{classes.num_classes} classes",
+        )
+
+
+def load_run_data(config: ml_collections.ConfigDict, timer: PhaseTimer | None = None) -> RunData:
+    """The run's tokenizer and splits (`jaxsent.training.splits.load_splits`)."""
+    timer = timer or PhaseTimer()
+    with timer.phase("load"):
+        tokenizer = load_tokenizer(config.model.name)
+    return RunData(tokenizer, *load_splits(config, tokenizer, timer))
+
+
 def build_run(
     config: ml_collections.ConfigDict,
     workdir: epath.Path,
     mesh: jax.sharding.Mesh,
     timer: PhaseTimer | None = None,
+    data: RunData | None = None,
 ) -> Run:
-    """Data, model, optimiser, compiled steps and checkpoints for a run over `mesh`."""
+    """Data (unless given), model, optimiser, compiled steps and checkpoints for a run over
+    `mesh`."""
     tc = config.train
     timer = timer or PhaseTimer()
-    with timer.phase("load"):
-        tokenizer = load_tokenizer(config.model.name)
-    splits, full_sizes, notes = load_splits(config, tokenizer, timer)
+    data = data or load_run_data(config, timer)
+    tokenizer, splits, full_sizes, notes = data.tokenizer, data.splits, data.full_sizes, data.notes
     boundaries = data_lib.make_bucket_boundaries(
         config.data.max_length,
         num_buckets=config.data.num_buckets,
@@ -455,7 +385,9 @@ def build_run(
 
     # The model, optimiser and steps that `python -m train.plan` compiles for a TPU topology.
     with timer.phase("load"):
-        steps, state, schedule = training_steps(config, mesh, total_steps=total_steps)
+        steps, state, schedule = training_steps(
+            config, mesh, total_steps=total_steps, label_names=splits["train"].classes.names
+        )
     return Run(
         config=config,
         workdir=workdir,
@@ -504,7 +436,9 @@ def validate(run: Run, step: int) -> None:
     tc = run.config.train
     with run.timer.phase("validate"):
         predictions = run.predict(run.splits["validation"])
-        values = evaluation.scalar_metrics(predictions["logits"], predictions["labels"])
+        values = evaluation.scalar_metrics(
+            predictions["logits"], predictions["labels"], **run.report_options(scalar=True)
+        )
     run.writer.write(step, "validation", values)
     score = values[tc.best_metric]
     # On a tie the newest step is the best, as orbax's best-checkpoint manager keeps it.
@@ -513,7 +447,11 @@ def validate(run: Run, step: int) -> None:
         run.best_validation = (step, predictions)
     run.ckpts.save_best(step, run.state, run.checkpoint_meta(step), values)
     if run.is_main:
-        shown = ", ".join(f"{k}={values[k]:.4f}" for k in ("accuracy", "f1", "nll", "ece"))
+        shown = ", ".join(
+            f"{k}={values[k]:.4f}"
+            for k in ("accuracy", "f1", "macro_f1", "nll", "ece")
+            if k in values
+        )
         tqdm.write(f"step {step}: validation {shown}")
 
 
@@ -663,6 +601,7 @@ def evaluate_best(run: Run) -> FinalReports:
             predictions["labels"],
             predictions["full_lengths"],
             temperature=temperature,
+            **run.report_options(),
         )
         results["best_step"] = int(best_step)
         results["split"] = run.config.data.eval_split if key == "eval" else key
@@ -712,7 +651,9 @@ def write_final_outputs(run: Run, reports: FinalReports) -> dict[str, Any]:
 
 def _scalars(results: dict[str, Any]) -> dict[str, Any]:
     """The flat numeric entries of a report (what metrics.jsonl and TensorBoard take)."""
-    return {k: v for k, v in results.items() if isinstance(v, (int, float))}
+    return {
+        k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def export_run(run: Run, results: dict[str, Any]) -> epath.Path | None:
@@ -740,6 +681,7 @@ def export_run(run: Run, results: dict[str, Any]) -> epath.Path | None:
         bucket_boundaries=tuple(int(b) for b in run.boundaries),
         batch_size=config.train.eval_batch_size,
         temperature=None if temperature is None else float(temperature),
+        classes=None if run.classes == data_lib.BINARY else run.classes.to_json(),
     )
     run_info = {
         "workdir": os.fspath(run.workdir),
@@ -757,6 +699,31 @@ def export_run(run: Run, results: dict[str, Any]) -> epath.Path | None:
     return directory
 
 
+def resume_changes(
+    config: ml_collections.ConfigDict, workdir: epath.Path
+) -> dict[str, tuple[Any, Any]] | None:
+    """What a rerun in `workdir` changes of its run's config, or None for a fresh run.
+
+    Raises:
+      recipe.ResumeRefused: a change a resume may not make (`jaxsent.training.recipe`).
+    """
+    if not recipe.has_checkpoint(workdir):
+        return None
+    started = recipe.started_config(workdir)
+    if started is None:  # no record to compare with: the checkpoint's fingerprint decides
+        return {}
+    return recipe.resume_changes(started, config, workdir=os.fspath(workdir))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+    """``config.json``, the config a run starts with (process 0)."""
+    if jax.process_index() == 0:
+        for stale in (recipe.CONFIG_FILE, recipe.CHANGES_FILE):
+            if (workdir / stale).exists():
+                (workdir / stale).unlink()
+        (workdir / recipe.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: epath.PathLike
 ) -> dict[str, Any]:
@@ -764,20 +731,31 @@ def train_and_evaluate(
 
     `workdir` is a local path or a bucket URL (``gs://bucket/run``, any `etils.epath` backend).
     Every config field is checked first (`check_config`): a bad one raises `ConfigError` before
-    anything is written.
+    anything is written. A `workdir` holding a checkpoint is resumed when the config changes
+    nothing a step computes (`jaxsent.training.recipe`; the changes are recorded in
+    ``config_changes.jsonl``), else `recipe.ResumeRefused` is raised before anything is written.
+    The data is read and checked (rows, labels, classes) before anything is written too.
     """
     check_config(config)
     workdir = storage.as_path(workdir)
-    storage.make_dirs(workdir)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    changes = resume_changes(config, workdir)  # a refused resume stops here, nothing written
     mesh = make_run_mesh(config)
     with PhaseTimer() as timer:
-        run = build_run(config, workdir, mesh, timer)
+        data = load_run_data(config, timer)  # bad data stops here too, nothing written
+        check_best_metric(config, data.splits["train"].classes)
+        storage.make_dirs(workdir)
+        if changes is None:
+            write_config(config, workdir)
+        run = build_run(config, workdir, mesh, timer, data)
         with jax.set_mesh(mesh), StopSignals() as stop:
             try:
                 with timer.phase("load"):
                     start_step = resume(run)
+                    if start_step == 0 and changes is not None:  # no checkpoint read back
+                        write_config(config, workdir)
+                    elif changes and run.is_main:
+                        recipe.record_changes(workdir, start_step, changes)
+                        log.info("config changed at step %d: %s", start_step, changes)
                     if config.train.compile_ahead:
                         run.steps.compile_ahead(run.state, step_shapes(run, start_step), mesh)
                 with timer.phase("train"):
