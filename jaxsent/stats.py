@@ -9,8 +9,9 @@ Two sources of uncertainty, kept apart:
   ``paired_bootstrap`` compares a variant with a baseline on the same examples by
   resampling those examples, every model seen on the same resample (Berg-Kirkpatrick et al.,
   2012; Dror et al., 2018). Each replicate's metric is computed on the resampled set with
-  ``jaxsent.metrics`` itself, so non-decomposable metrics (ECE, AUROC) are resampled
-  correctly, not approximated from per-example terms.
+  ``jaxsent.metrics`` (binary logits ``[N]``) or ``jaxsent.multiclass_metrics`` (logits
+  ``[N, K]`` of K classes) itself, so non-decomposable metrics (ECE, AUROC, macro-F1) are
+  resampled correctly, not approximated from per-example terms.
 
 Everything here is side-effect free and deterministic given ``seed``: numpy (float64) for
 the summaries, JAX (the metric mapped over resamples, jitted) for the replicates.
@@ -28,6 +29,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -40,9 +42,11 @@ import numpy as np
 import scipy.stats
 
 from jaxsent import metrics
+from jaxsent import multiclass_metrics as mm
 
 __all__ = [
     "BOOTSTRAP_METRICS",
+    "BootstrapMetric",
     "TInterval",
     "bootstrap_indices",
     "bootstrap_replicates",
@@ -50,14 +54,53 @@ __all__ = [
     "t_interval",
 ]
 
-#: Metric names accepted by ``paired_bootstrap``: the ``jaxsent.metrics`` function each
-#: replicate calls (ECE top-label with 15 bins, as in ``binary_classification_metrics``).
-BOOTSTRAP_METRICS: dict[str, Callable] = {
-    "accuracy": metrics.accuracy,
-    "nll": metrics.binary_nll,
-    "brier": metrics.brier_score,
-    "ece": metrics.expected_calibration_error,
-    "auroc": metrics.auroc,
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapMetric:
+    """A named metric in its binary and its K-class form, picked by the logits' rank.
+
+    Called as ``metric(logits, labels)``: ``[N]`` logits go to ``binary``, ``[N, K]`` logits to
+    ``multiclass`` (the rank is static under ``jax.jit``). A form that is None does not exist
+    (AUROC has no K-class form here; macro-F1 and the ordinal metrics no binary one).
+    """
+
+    name: str
+    binary: Callable | None
+    multiclass: Callable | None
+
+    def supports(self, ndim: int) -> bool:
+        """Whether logits of rank ``ndim`` (1: binary, 2: K classes) have a form."""
+        return (self.binary if ndim == 1 else self.multiclass) is not None
+
+    def __call__(self, logits, labels):
+        fn = self.binary if jnp.ndim(logits) == 1 else self.multiclass
+        if fn is None:
+            raise ValueError(
+                f"metric {self.name!r} has no form for logits of shape {jnp.shape(logits)}."
+            )
+        return fn(logits, labels)
+
+
+#: Metric names accepted by ``paired_bootstrap``, each the function every replicate calls:
+#: on ``[N]`` logits the ``jaxsent.metrics`` function, on ``[N, K]`` logits the
+#: ``jaxsent.multiclass_metrics`` one, as ``jaxsent.evaluation.scalar_metrics`` reports them
+#: (ECE top-label with 15 bins; ``brier`` the positive-class form for binary logits and
+#: Brier's K-class sum for K classes). ``auroc`` is binary only; ``macro_f1``,
+#: ``macro_recall``, ``classwise_ece``, ``mae`` and ``accuracy_within_one`` are K-class only.
+BOOTSTRAP_METRICS: dict[str, BootstrapMetric] = {
+    metric.name: metric
+    for metric in (
+        BootstrapMetric("accuracy", metrics.accuracy, mm.accuracy),
+        BootstrapMetric("nll", metrics.binary_nll, mm.nll),
+        BootstrapMetric("brier", metrics.brier_score, mm.brier_score),
+        BootstrapMetric("ece", metrics.expected_calibration_error, mm.expected_calibration_error),
+        BootstrapMetric("auroc", metrics.auroc, None),
+        BootstrapMetric("macro_f1", None, mm.macro_f1),
+        BootstrapMetric("macro_recall", None, mm.macro_recall),
+        BootstrapMetric("classwise_ece", None, mm.classwise_expected_calibration_error),
+        BootstrapMetric("mae", None, mm.mean_absolute_error),
+        BootstrapMetric("accuracy_within_one", None, mm.accuracy_within_one),
+    )
 }
 
 
@@ -158,22 +201,41 @@ def bootstrap_indices(num_examples: int, num_resamples: int, *, seed: int = 0, s
     return out
 
 
-def _resolve_metric(metric) -> tuple[str, Callable]:
+def _resolve_metric(metric, ndim: int | None = None) -> tuple[str, Callable]:
+    """The metric's name and function; a named metric without a form for rank ``ndim``
+    logits is refused."""
     if isinstance(metric, str):
         if metric not in BOOTSTRAP_METRICS:
             raise ValueError(
                 f"`metric` must be one of {sorted(BOOTSTRAP_METRICS)} or a function, "
                 f"got {metric!r}."
             )
-        return metric, BOOTSTRAP_METRICS[metric]
+        fn = BOOTSTRAP_METRICS[metric]
+        if ndim is not None and not fn.supports(ndim):
+            kind = "binary logits [N]" if ndim == 1 else "logits [N, K] of K classes"
+            supported = sorted(k for k, v in BOOTSTRAP_METRICS.items() if v.supports(ndim))
+            raise ValueError(
+                f"`metric` {metric!r} is not defined for {kind}; those take {supported}."
+            )
+        return metric, fn
     if callable(metric):
         return getattr(metric, "__name__", repr(metric)), metric
     raise TypeError(f"`metric` must be a metric name or a function, got {metric!r}.")
 
 
+def _is_one_pair(runs) -> bool:
+    """Whether ``runs`` is a single ``(logits, labels)`` pair rather than a list of them."""
+    if not (isinstance(runs, tuple) and len(runs) == 2):
+        return False
+    try:
+        return np.ndim(runs[0]) in (1, 2) and np.ndim(runs[1]) == 1
+    except ValueError:  # numpy refuses ragged nesting: a pair of K-class pairs
+        return False
+
+
 def _runs(name: str, runs) -> list[tuple[np.ndarray, np.ndarray]]:
     """Checks one side's list of per-seed ``(logits, labels)`` pairs; numpy copies."""
-    if isinstance(runs, tuple) and len(runs) == 2 and np.ndim(runs[0]) == 1:
+    if _is_one_pair(runs):
         raise TypeError(
             f"`{name}` must be a list of (logits, labels) pairs, one per seed; got a single "
             "pair (wrap it in a list)."
@@ -185,14 +247,20 @@ def _runs(name: str, runs) -> list[tuple[np.ndarray, np.ndarray]]:
         if not (isinstance(run, Sequence) and len(run) == 2):
             raise TypeError(f"`{name}[{s}]` must be a (logits, labels) pair, got {type(run)}.")
         logits, labels = np.asarray(run[0]), np.asarray(run[1])
-        if logits.ndim != 1 or labels.shape != logits.shape:
+        if logits.ndim == 2:
+            if logits.shape[1] < 2 or labels.shape != logits.shape[:1]:
+                raise ValueError(
+                    f"`{name}[{s}]` must hold logits [N, K] with K >= 2 and labels [N], got "
+                    f"{logits.shape} and {labels.shape}."
+                )
+        elif logits.ndim != 1 or labels.shape != logits.shape:
             raise ValueError(
                 f"`{name}[{s}]` must hold logits and labels of one shape [N], got "
                 f"{logits.shape} and {labels.shape}."
             )
         if not jnp.issubdtype(logits.dtype, jnp.floating):
             raise TypeError(f"`{name}[{s}]` logits must be floats, got {logits.dtype}.")
-        bad = np.flatnonzero(~np.isfinite(logits))
+        bad = np.flatnonzero(~np.isfinite(logits).reshape(logits.shape[0], -1).all(axis=1))
         if bad.size:
             raise ValueError(
                 f"`{name}[{s}]` logits must be finite, got {logits[bad[0]]!r} at row {bad[0]}."
@@ -234,7 +302,8 @@ def bootstrap_replicates(
     Args:
       metric: a name in ``BOOTSTRAP_METRICS`` or a JAX-traceable ``f(logits, labels)``
         returning a scalar.
-      variant, baseline: lists of per-seed ``(logits [N], labels [N])`` pairs.
+      variant, baseline: lists of per-seed ``(logits, labels [N])`` pairs, logits ``[N]``
+        (binary) or ``[N, K]`` (K classes), all of one shape.
       num_resamples: number of replicates ``R``.
       seed: seed of ``bootstrap_indices``.
       chunk_size: replicates per jitted call; by default as many as keep the chunk's
@@ -243,22 +312,28 @@ def bootstrap_replicates(
     Returns:
       float64 array ``[R]`` of replicate differences.
     """
-    _, fn = _resolve_metric(metric)
+    _resolve_metric(metric)
     variant_runs, baseline_runs, labels = _check_paired(variant, baseline)
+    _, fn = _resolve_metric(metric, variant_runs[0][0].ndim)
     return _replicates(fn, variant_runs, baseline_runs, labels, num_resamples, seed, chunk_size)
 
 
 def _check_paired(variant, baseline):
     variant_runs = _runs("variant", variant)
     baseline_runs = _runs("baseline", baseline)
-    labels = baseline_runs[0][1]
+    logits, labels = baseline_runs[0]
     for name, runs in (("baseline", baseline_runs), ("variant", variant_runs)):
-        for s, (_, run_labels) in enumerate(runs):
+        for s, (run_logits, run_labels) in enumerate(runs):
             if run_labels.shape != labels.shape or not np.array_equal(run_labels, labels):
                 raise ValueError(
                     f"`{name}[{s}]` labels differ from `baseline[0]` labels: every run must "
                     "be evaluated on the same examples in the same order "
                     f"(shapes {run_labels.shape} and {labels.shape})."
+                )
+            if run_logits.shape != logits.shape:
+                raise ValueError(
+                    f"`{name}[{s}]` logits have shape {run_logits.shape}, `baseline[0]`'s "
+                    f"{logits.shape}: every run must score the same classes."
                 )
     return variant_runs, baseline_runs, labels
 
@@ -311,8 +386,9 @@ def paired_bootstrap(
        d = \\frac{1}{S_v} \\sum_s m(\\text{variant}_s) - \\frac{1}{S_b} \\sum_t
        m(\\text{baseline}_t),
 
-    positive when the variant's metric is larger (worse for ``nll``, ``brier``, ``ece``;
-    better for ``accuracy``, ``auroc``). Each of ``R`` replicates draws ``N`` example
+    positive when the variant's metric is larger (worse for ``nll``, ``brier``, ``ece``,
+    ``classwise_ece``, ``mae``; better for ``accuracy``, ``auroc``, ``macro_f1``,
+    ``macro_recall``, ``accuracy_within_one``). Each of ``R`` replicates draws ``N`` example
     indices with replacement and recomputes ``d`` on that resample, with the same indices
     for every run of both sides. This is the paired design: the models are compared on the
     same (resampled) examples, so per-example difficulty cancels. Sharing the indices
@@ -337,19 +413,24 @@ def paired_bootstrap(
       ``d* > 2d`` instead (the distribution shifted to the null), which is the same test
       when the bootstrap distribution is symmetric about ``d``.
 
-    Each replicate's metric is the ``jaxsent.metrics`` function itself on the resampled
-    rows (``lax.map`` over a ``[chunk, N]`` index matrix, jitted), so ECE and AUROC are
-    exact on each resample. Metric values are float32: accuracy differences that are 0 in exact
+    Each replicate's metric is the ``jaxsent.metrics`` function itself (for ``[N, K]``
+    logits the ``jaxsent.multiclass_metrics`` one) on the resampled rows (``lax.map`` over
+    a ``[chunk, N]`` index matrix, jitted), so ECE, AUROC and macro-F1 are exact on each
+    resample. Metric values are float32: accuracy differences that are 0 in exact
     arithmetic across several seeds can round to a few ulps on either side, which can
     move ``p`` by the share of such replicates. To compare temperature-scaled metrics,
     pass each run's logits already divided by its own temperature
     (``jaxsent.calibration.apply_temperature``).
 
     Args:
-      metric: ``"accuracy"``, ``"nll"``, ``"brier"``, ``"ece"`` (top-label, 15 bins),
-        ``"auroc"``, or a JAX-traceable ``f(logits [N], labels [N]) -> scalar``.
-      variant: list of ``(logits, labels)`` pairs, one per seed: float ``[N]`` logits
-        (finite) and 0/1 ``[N]`` labels, on the same examples in the same order.
+      metric: a name in ``BOOTSTRAP_METRICS``: ``"accuracy"``, ``"nll"``, ``"brier"``,
+        ``"ece"`` (top-label, 15 bins), binary ``"auroc"``, K-class ``"macro_f1"``,
+        ``"macro_recall"``, ``"classwise_ece"``, ``"mae"``, ``"accuracy_within_one"``; or a
+        JAX-traceable ``f(logits, labels [N]) -> scalar``.
+      variant: list of ``(logits, labels)`` pairs, one per seed: float logits (finite),
+        ``[N]`` with 0/1 ``[N]`` labels, or ``[N, K]`` with integer ``[N]`` labels in
+        ``[0, K)``; every run of both sides on the same examples in the same order, its
+        logits of one shape.
       baseline: the same for the baseline (e.g. the ``bce`` runs). Every run's labels
         must equal ``baseline[0]``'s.
       num_resamples: number of bootstrap replicates ``R``.
@@ -366,13 +447,15 @@ def paired_bootstrap(
 
     Raises:
       ValueError, TypeError: bad arguments, runs on different examples (labels differ),
-        non-finite logits, or a metric that is NaN on the data or on a resample (e.g.
-        AUROC of a resample holding one class).
+        logits of different shapes, non-finite logits, a named metric without a form for
+        the logits' rank (``auroc`` of K classes, ``macro_f1`` of binary logits), or a metric
+        that is NaN on the data or on a resample (e.g. AUROC of a resample holding one class).
     """
-    name, fn = _resolve_metric(metric)
+    _resolve_metric(metric)
     confidence = _check_confidence(confidence)
     variant_runs, baseline_runs, labels = _check_paired(variant, baseline)
-    # Eager calls check labels and dtypes through jaxsent.metrics' own validation.
+    name, fn = _resolve_metric(metric, variant_runs[0][0].ndim)
+    # Eager calls check labels and dtypes through the metrics' own validation.
     variant_values = [float(fn(z, y)) for z, y in variant_runs]
     baseline_values = [float(fn(z, y)) for z, y in baseline_runs]
     if not np.all(np.isfinite(variant_values + baseline_values)):
