@@ -1,4 +1,10 @@
-"""A study's summary as files: summary.json, summary.csv, report.md and PNG figures."""
+"""A study's summary as files: summary.json, summary.csv, report.md and PNG figures.
+
+A K-class study (``summary["classes"]``) reports its own metrics (`MULTICLASS_TABLE_METRICS`:
+macro-F1, classwise ECE, and MAE and accuracy within one for ordered classes), F1 per class,
+reliability curves of the top-label confidence ``max_k p_k``, and how decided its models are by
+the top-two logit margin and the share of the most predicted class.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,15 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
 from jaxsent import metrics
-from jaxsent.study.summary import _predictions, write_csv
+from jaxsent import multiclass_metrics as mm
+from jaxsent.study.summary import POINTS_METRICS, _predictions, write_csv
 
 TABLE_METRICS = (
     "accuracy",
@@ -28,6 +35,54 @@ TABLE_METRICS = (
 )
 FIGURE_METRICS = ("accuracy", "nll", "brier", "ece", "nll_ts", "ece_ts")
 DECISIVENESS = ("accuracy", "median_abs_logit", "positive_rate", "final_train_loss")
+# K-class studies; the ordinal metrics only where the classes are ordered (`_layout`).
+MULTICLASS_TABLE_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "mae",
+    "accuracy_within_one",
+    "nll",
+    "brier",
+    "ece",
+    "classwise_ece",
+    "nll_ts",
+    "ece_ts",
+    "classwise_ece_ts",
+    "temperature",
+)
+MULTICLASS_FIGURE_METRICS = ("accuracy", "macro_f1", "mae", "nll", "ece", "nll_ts", "ece_ts")
+MULTICLASS_DECISIVENESS = ("accuracy", "median_logit_margin", "top_class_rate", "final_train_loss")
+_ORDINAL_ONLY = ("mae", "accuracy_within_one")
+
+
+class _Layout(NamedTuple):
+    """What the report shows for a binary or a K-class study."""
+
+    table: tuple[str, ...]
+    figure: tuple[str, ...]
+    decisiveness: tuple[str, ...]
+    classes: dict[str, Any] | None
+
+
+def _layout(summary: dict[str, Any]) -> _Layout:
+    classes = summary.get("classes")
+    if classes is None:
+        return _Layout(TABLE_METRICS, FIGURE_METRICS, DECISIVENESS, None)
+
+    def keep(names):
+        return tuple(m for m in names if classes["ordinal"] or m not in _ORDINAL_ONLY)
+
+    return _Layout(
+        keep(MULTICLASS_TABLE_METRICS),
+        keep(MULTICLASS_FIGURE_METRICS),
+        MULTICLASS_DECISIVENESS,
+        classes,
+    )
+
+
+def _in_points(metric: str) -> bool:
+    """Metrics shown x 100: accuracies, macro averages and per-class rates."""
+    return metric in POINTS_METRICS or metric.startswith("per_class/")
 
 
 def _save(fig: Figure, path: epath.Path) -> str:
@@ -44,11 +99,12 @@ def _prefix(eval_set: str) -> str:
 def plot_metric_intervals(summary: dict[str, Any], path: epath.Path, *, eval_set: str) -> str:
     """Each metric per variant: every seed as a dot, the mean and its 95% t-interval as a bar."""
     variants = list(summary["variants"])
+    figure_metrics = _layout(summary).figure
     fig = Figure(
-        figsize=(3.2 * len(FIGURE_METRICS), 0.45 * len(variants) + 1.6), layout="constrained"
+        figsize=(3.2 * len(figure_metrics), 0.45 * len(variants) + 1.6), layout="constrained"
     )
-    axes = fig.subplots(1, len(FIGURE_METRICS), sharey=True)
-    for ax, metric in zip(axes, FIGURE_METRICS, strict=True):
+    axes = fig.subplots(1, len(figure_metrics), sharey=True)
+    for ax, metric in zip(axes, figure_metrics, strict=True):
         key = _prefix(eval_set) + metric
         for y, variant in enumerate(variants):
             seeds = [r[key] for r in summary["runs"] if r["variant"] == variant and key in r]
@@ -79,21 +135,32 @@ def plot_metric_intervals(summary: dict[str, Any], path: epath.Path, *, eval_set
 def plot_reliability_overlay(
     runs, variants: Sequence[str], path: epath.Path, *, eval_set: str, num_bins: int = 15
 ) -> str:
-    """Reliability curves of every variant (seeds pooled) on one diagram."""
+    """Reliability curves of every variant (seeds pooled) on one diagram.
+
+    Binary runs: the confidence ``max(p, 1 - p)``; K-class runs: the top-label confidence
+    ``max_k p_k`` against the accuracy of the argmax, over [1/K, 1].
+    """
     fig = Figure(figsize=(5.5, 5.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot([0.5, 1], [0.5, 1], "k--", linewidth=1, label="perfect calibration")
+    lowest = 0.5
+    diagonal = ax.plot([0.5, 1], [0.5, 1], "k--", linewidth=1, label="perfect calibration")[0]
     for i, variant in enumerate(variants):
         mine = [r for r in runs if r.variant == variant and r.done]
         if not mine:
             continue
-        logits = np.concatenate([_predictions(r, eval_set)[1] for r in mine])
-        labels = np.concatenate([_predictions(r, eval_set)[2] for r in mine])
-        confidence, outcome = metrics.calibration_inputs(logits, labels)
-        bins = metrics.reliability_bins(confidence, outcome, num_bins=num_bins)
+        predictions = [_predictions(r, eval_set) for r in mine]
+        logits = np.concatenate([p.logit for p in predictions])
+        labels = np.concatenate([p.label for p in predictions])
+        if logits.ndim == 2:
+            lowest = 1 / logits.shape[1]
+            bins = mm.top_label_reliability_bins(logits, labels, num_bins=num_bins)
+            ece = float(mm.expected_calibration_error(logits, labels, num_bins=num_bins))
+        else:
+            confidence, outcome = metrics.calibration_inputs(logits, labels)
+            bins = metrics.reliability_bins(confidence, outcome, num_bins=num_bins)
+            ece = float(metrics.expected_calibration_error(logits, labels, num_bins=num_bins))
         count, conf, acc = (np.asarray(x) for x in bins[:3])
         filled = count > 0
-        ece = float(metrics.expected_calibration_error(logits, labels, num_bins=num_bins))
         ax.plot(
             conf[filled],
             acc[filled],
@@ -102,8 +169,13 @@ def plot_reliability_overlay(
             markersize=3,
             label=f"{variant} (ECE {ece:.3f})",
         )
-    ax.set_xlim(0.5, 1.0)
-    ax.set_xlabel("confidence max(p, 1 - p)")
+    if lowest < 0.5:  # K classes: the top-label confidence lies in [1/K, 1]
+        diagonal.set_data([lowest, 1], [lowest, 1])
+        ax.set_xlim(lowest, 1.0)
+        ax.set_xlabel("top-label confidence max_k p_k")
+    else:
+        ax.set_xlim(0.5, 1.0)
+        ax.set_xlabel("confidence max(p, 1 - p)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{eval_set}: reliability, seeds pooled")
     ax.legend(loc="upper left", fontsize=8)
@@ -138,7 +210,7 @@ def plot_length_strata(
 def _interval_cell(values: dict[str, Any] | None, metric: str) -> str:
     if not values:
         return ""
-    scale, digits = (100, 2) if metric == "accuracy" else (1, 4)
+    scale, digits = (100, 2) if _in_points(metric) else (1, 4)
     mean = values["mean"] * scale
     if not np.isfinite(values["ci_low"]):
         return f"{mean:.{digits}f}"
@@ -150,10 +222,15 @@ def markdown_report(
     summary: dict[str, Any], *, eval_sets: Sequence[str], figures: dict[str, str], command: str
 ) -> str:
     """report.md: what ran, per-variant tables, paired comparisons, verdicts, figures."""
+    layout = _layout(summary)
     lines = ["# Loss study", "", f"Command: `{command}`", ""]
     study = summary.get("study", {})
     if study:
         lines += ["```json", json.dumps(study, indent=2, default=str), "```", ""]
+    if layout.classes is not None:
+        names = layout.classes["names"]
+        order = "ordered" if layout.classes["ordinal"] else "unordered"
+        lines += [f"Classes ({len(names)}, {order}): " + ", ".join(names) + ".", ""]
     lines += ["## Verdicts", ""]
     lines += [f"- {v['text']}" for v in summary["verdicts"]] or [
         "- (no hypothesis has both variants yet)"
@@ -161,17 +238,21 @@ def markdown_report(
     for eval_set in eval_sets:
         prefix = _prefix(eval_set)
         lines += ["", f"## {eval_set}: mean ± half-width of the 95% t-interval across seeds", ""]
-        lines += ["| variant | seeds | " + " | ".join(TABLE_METRICS) + " |"]
-        lines += ["|---|---|" + "---|" * len(TABLE_METRICS)]
+        lines += ["| variant | seeds | " + " | ".join(layout.table) + " |"]
+        lines += ["|---|---|" + "---|" * len(layout.table)]
         for variant, values in summary["variants"].items():
-            cells = [_interval_cell(values.get(prefix + m), m) for m in TABLE_METRICS]
+            cells = [_interval_cell(values.get(prefix + m), m) for m in layout.table]
             lines += [f"| {variant} | {values['n_seeds']} | " + " | ".join(cells) + " |"]
-        lines += [
-            "",
-            "Accuracy in %. `*_ts`: after temperature scaling (fitted on each run's validation "
-            "split).",
-            "",
-        ]
+        if layout.classes is None:
+            lines += [
+                "",
+                "Accuracy in %. `*_ts`: after temperature scaling (fitted on each run's "
+                "validation split).",
+                "",
+            ]
+        else:
+            lines += ["", _MULTICLASS_NOTE, ""]
+            lines += _per_class_table(summary, layout.classes["names"], prefix=prefix)
         rows = [c for c in summary["comparisons"] if c["eval_set"] == eval_set]
         if rows:
             lines += [
@@ -183,7 +264,7 @@ def markdown_report(
                 "|---|---|---|---|---|---|---|",
             ]
             for c in rows:
-                scale = 100 if c["metric"] == "accuracy" else 1
+                scale = 100 if _in_points(c["metric"]) else 1
                 d, lo, hi = (c[k] * scale for k in ("difference", "ci_low", "ci_high"))
                 lines += [
                     f"| {c['variant']} | {c['baseline']} | {c['metric']} | {c['n_seeds']} | "
@@ -192,19 +273,30 @@ def markdown_report(
         for name in (f"metrics_{eval_set}", f"reliability_{eval_set}"):
             if name in figures:
                 lines += ["", f"![{name}]({figures[name]})"]
+    abstaining = (
+        "abstaining (logits near 0)"
+        if layout.classes is None
+        else "abstaining (`median_logit_margin`, the largest logit minus the second, near 0)"
+    )
+    one_class = (
+        "predicting one class"
+        if layout.classes is None
+        else "predicting one class (`top_class_rate`, the share of the class predicted most "
+        "often, near 1)"
+    )
     lines += [
         "",
         "## How decided the models are (eval split)",
         "",
         "A loss that falls while accuracy stays low has been lowered without learning: by "
-        "abstaining (logits near 0) or by predicting one class. The training loss is in each "
+        f"{abstaining} or by {one_class}. The training loss is in each "
         "variant's own loss, so it compares seeds, not variants.",
         "",
-        "| variant | seeds | " + " | ".join(DECISIVENESS) + " |",
-        "|---|---|" + "---|" * len(DECISIVENESS),
+        "| variant | seeds | " + " | ".join(layout.decisiveness) + " |",
+        "|---|---|" + "---|" * len(layout.decisiveness),
     ]
     for variant, values in summary["variants"].items():
-        cells = [_interval_cell(values.get(m), m) for m in DECISIVENESS]
+        cells = [_interval_cell(values.get(m), m) for m in layout.decisiveness]
         lines += [f"| {variant} | {values['n_seeds']} | " + " | ".join(cells) + " |"]
     if "length_strata" in figures:
         lines += [
@@ -223,6 +315,31 @@ def markdown_report(
         "",
     ]
     return "\n".join(lines)
+
+
+_MULTICLASS_NOTE = (
+    "Accuracy, macro-F1 and accuracy within one in %; `mae`: mean absolute error in classes "
+    "(ordered classes); `brier`: Brier's K-class sum, in [0, 2]; `ece`: top-label ECE, "
+    "`classwise_ece`: the mean over classes of each class's ECE (15 bins). `*_ts`: after "
+    "temperature scaling (fitted on each run's validation split)."
+)
+
+
+def _per_class_table(summary: dict[str, Any], names: Sequence[str], *, prefix: str) -> list[str]:
+    """F1 of each class per variant (mean ± half-width of the t-interval), in %."""
+    keys = [f"{prefix}per_class/{name}/f1" for name in names]
+    if not any(key in values for values in summary["variants"].values() for key in keys):
+        return []
+    lines = [
+        "F1 per class, in %:",
+        "",
+        "| variant | seeds | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for variant, values in summary["variants"].items():
+        cells = [_interval_cell(values.get(key), key.removeprefix(prefix)) for key in keys]
+        lines += [f"| {variant} | {values['n_seeds']} | " + " | ".join(cells) + " |"]
+    return [*lines, ""]
 
 
 def _length_comparison_table(rows: Sequence[dict[str, Any]]) -> list[str]:

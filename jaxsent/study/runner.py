@@ -11,7 +11,8 @@ config, overrides of it, the variants and the seeds::
     config.baseline = "bce"                   # what every variant is compared against
 
 Each (variant, seed) trains in ``DIR/<variant>/seed_<seed>/`` through
-`jaxsent.training.loop.train_and_evaluate`. A run whose ``eval_results.json`` exists is done and
+`jaxsent.training.loop.train_and_evaluate`, binary or K-class as its data has classes (e.g.
+``data.name = "sst5"``: five ordered classes). A run whose ``eval_results.json`` exists is done and
 skipped; any other run folder resumes from its own checkpoint, so a study killed at any point and
 started again loses at most the unsaved steps of one run.
 """
@@ -40,7 +41,8 @@ ARCHIVED_FILES = ("config.json", "metrics.jsonl", RESULTS_FILE)
 PREDICTIONS_PARQUET = "predictions.parquet"
 PREDICTIONS_CSV = "predictions.csv"
 # The archived prediction columns: enough to compare runs again and to stratify by length
-# (probability and predicted label follow from the logit).
+# (probability and predicted label follow from the logit). K-class runs keep one logit column per
+# class instead of `logit` (`archived_columns`).
 ARCHIVED_COLUMNS = ("example_id", "label", "logit", "full_length")
 
 
@@ -136,6 +138,24 @@ def _report_folders(workdir: epath.Path):
         yield from sorted(p for p in extra.iterdir() if p.is_dir())
 
 
+def archived_columns(predictions: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns of a run's archived ``predictions.csv``, from `reporting.read_predictions`.
+
+    Binary predictions keep `ARCHIVED_COLUMNS`. K-class predictions (``logits`` ``[N, K]`` and
+    ``class_names``) keep ``example_id``, ``label``, one float32 column ``logit_<name>`` per
+    class in class order (the names of ``predictions.parquet``; the class order is the
+    run's ``eval_results.json`` ``class_names``) and ``full_length``.
+    """
+    if "logits" not in predictions:
+        return {c: predictions[c] for c in ARCHIVED_COLUMNS if c in predictions}
+    out = {"example_id": predictions["example_id"], "label": predictions["label"]}
+    for k, name in enumerate(predictions["class_names"]):
+        out[f"logit_{name}"] = predictions["logits"][:, k]
+    if "full_length" in predictions:
+        out["full_length"] = predictions["full_length"]
+    return out
+
+
 def archive_run(run: PlannedRun, archive: epath.Path) -> None:
     """Copies the small result files of a finished run into `archive/<variant>/seed_<n>/`."""
     import pyarrow
@@ -148,7 +168,7 @@ def archive_run(run: PlannedRun, archive: epath.Path) -> None:
             if (folder / name).exists():
                 (target / name).write_bytes((folder / name).read_bytes())
         columns = reporting.read_predictions(folder / PREDICTIONS_PARQUET)
-        table = pyarrow.table({c: columns[c] for c in ARCHIVED_COLUMNS if c in columns})
+        table = pyarrow.table(archived_columns(columns))
         buffer = io.BytesIO()
         pyarrow.csv.write_csv(table, buffer)
         (target / PREDICTIONS_CSV).write_bytes(buffer.getvalue())

@@ -2,6 +2,13 @@
 seeds, paired comparisons against the baseline on the same evaluation examples, and verdicts.
 
 Everything here reads the run folders the runner wrote and computes; nothing trains.
+
+A study is binary or K-class by its runs' ``eval_results.json`` (K-class runs name their
+``class_names``). Binary runs are compared on `COMPARED_METRICS` (`jaxsent.metrics`); K-class
+runs on their logits ``[N, K]`` with `MULTICLASS_COMPARED_METRICS` (`jaxsent.multiclass_metrics`:
+accuracy, macro-F1, NLL, Brier, top-label and classwise ECE, the calibration metrics again after
+temperature scaling, and the mean absolute error in classes when the classes are ordered), and
+their summary names the classes (``summary["classes"]``).
 """
 
 from __future__ import annotations
@@ -23,9 +30,32 @@ from jaxsent.training.loop import extra_eval_dir
 # Metrics compared between variants (the temperature-scaled ones divide each run's logits by the
 # temperature that run fitted on its own validation split).
 COMPARED_METRICS = ("accuracy", "nll", "brier", "ece", "nll_ts", "ece_ts")
+# The same for K-class runs (`jaxsent.stats.BOOTSTRAP_METRICS` on logits [N, K]); with ordered
+# classes the mean absolute error in classes follows macro-F1 (`compared_metrics`).
+MULTICLASS_COMPARED_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "nll",
+    "brier",
+    "ece",
+    "classwise_ece",
+    "nll_ts",
+    "ece_ts",
+    "classwise_ece_ts",
+)
+ORDINAL_COMPARED_METRICS = ("mae",)
 # Compared within each length quartile (fewer examples each: ECE's bins would be thin).
 LENGTH_COMPARED_METRICS = ("accuracy", "nll")
-HIGHER_IS_BETTER = {"accuracy": True}
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "macro_f1": True,
+    "macro_recall": True,
+    "accuracy_within_one": True,
+}
+# Metrics in [0, 1] that reports and verdicts give in points (x 100).
+POINTS_METRICS = ("accuracy", "macro_f1", "macro_recall", "accuracy_within_one")
+# The metrics a verdict line names (those a study compared, in its order).
+VERDICT_METRICS = ("accuracy", "macro_f1", "mae", "ece", "nll", "ece_ts")
 
 # The seed's hypotheses: (what is tested, variant, the variant it differs from by that term).
 HYPOTHESES = (
@@ -42,12 +72,56 @@ HYPOTHESES = (
 LENGTH_VERDICTS = ("length_only",)
 
 
+class StudyClasses(NamedTuple):
+    """The classes of a K-class study's runs (a binary study has None)."""
+
+    names: tuple[str, ...]
+    ordinal: bool
+
+
+def result_classes(results: dict[str, Any]) -> StudyClasses | None:
+    """The classes an `eval_results.json` names: K-class reports list ``class_names``."""
+    if "class_names" not in results:
+        return None
+    return StudyClasses(tuple(results["class_names"]), bool(results.get("ordinal", False)))
+
+
+def study_classes(runs: Iterable[PlannedRun]) -> StudyClasses | None:
+    """The classes of the finished runs: None when they are binary.
+
+    Raises:
+      ValueError: finished runs that disagree (binary and K-class, or other class names).
+    """
+    seen: dict[StudyClasses | None, PlannedRun] = {}
+    for run in runs:
+        if run.done:
+            seen.setdefault(result_classes(read_results(run)), run)
+    if len(seen) > 1:
+        described = "; ".join(
+            f"{run.name}: {'binary' if c is None else ', '.join(c.names)}"
+            for c, run in seen.items()
+        )
+        raise ValueError(f"the study's runs have different classes ({described})")
+    return next(iter(seen), None)
+
+
+def compared_metrics(classes: StudyClasses | None) -> tuple[str, ...]:
+    """The metrics `summarize` compares for runs of `classes` (None: binary)."""
+    if classes is None:
+        return COMPARED_METRICS
+    ordinal = ORDINAL_COMPARED_METRICS if classes.ordinal else ()
+    return (*MULTICLASS_COMPARED_METRICS[:2], *ordinal, *MULTICLASS_COMPARED_METRICS[2:])
+
+
 def flatten_results(results: dict[str, Any]) -> dict[str, float]:
     """The scalar metrics of an `eval_results.json`, flat: extra evaluation sets as
-    ``"<name>:<split>/<metric>"`` and length strata as ``"length_q<k>/<metric>"``."""
+    ``"<name>:<split>/<metric>"``, length strata as ``"length_q<k>/<metric>"`` and, in K-class
+    reports, each class's precision, recall and F1 as ``"per_class/<name>/<metric>"``."""
     flat = {k: v for k, v in results.items() if _is_number(v)}
     for k, stratum in enumerate(results.get("length_strata", {}).get("strata", []), start=1):
         flat.update({f"length_q{k}/{m}": v for m, v in stratum.items() if _is_number(v)})
+    for name, values in results.get("per_class", {}).items():
+        flat.update({f"per_class/{name}/{m}": values[m] for m in ("precision", "recall", "f1")})
     for key, extra in results.get("extra_evals", {}).items():
         flat.update({f"{key}/{m}": v for m, v in flatten_results(extra).items()})
     return flat
@@ -76,15 +150,26 @@ def run_rows(runs: Iterable[PlannedRun]) -> list[dict[str, Any]]:
 def decisiveness(run: PlannedRun) -> dict[str, float]:
     """How decided a run's model is, which shows a loss that is lowered without learning.
 
-    ``median_abs_logit`` and ``positive_rate`` (share predicted positive) on the eval split, and
-    ``final_train_loss`` (the last logged training loss, in the run's own loss: comparable
-    across seeds, not across losses).
+    Binary runs: ``median_abs_logit`` and ``positive_rate`` (share predicted positive) on the
+    eval split. K-class runs: ``median_logit_margin`` (the median of the largest logit minus the
+    second largest, which is ``|z|`` for logits ``[0, z]``: near 0 where the model abstains)
+    and ``top_class_rate`` (the share of examples predicted as the class predicted most often:
+    near 1 where it predicts one class). Both: ``final_train_loss`` (the last logged training
+    loss, in the run's own loss: comparable across seeds, not across losses).
     """
     logits = _predictions(run, "eval").logit
-    out = {
-        "median_abs_logit": float(np.median(np.abs(logits))),
-        "positive_rate": float(np.mean(logits > 0)),
-    }
+    if logits.ndim == 2:
+        top_two = np.sort(logits, axis=1)[:, -2:]
+        counts = np.bincount(np.argmax(logits, axis=1), minlength=logits.shape[1])
+        out = {
+            "median_logit_margin": float(np.median(top_two[:, 1] - top_two[:, 0])),
+            "top_class_rate": float(counts.max() / logits.shape[0]),
+        }
+    else:
+        out = {
+            "median_abs_logit": float(np.median(np.abs(logits))),
+            "positive_rate": float(np.mean(logits > 0)),
+        }
     log_file = run.workdir / "metrics.jsonl"
     if log_file.exists():
         losses = [
@@ -117,10 +202,11 @@ def variant_intervals(rows: Sequence[dict[str, Any]], *, confidence: float = 0.9
 
 class _Predictions(NamedTuple):
     example_id: np.ndarray
-    logit: np.ndarray
+    logit: np.ndarray  # [N] binary, or [N, K] for K classes
     label: np.ndarray
     full_length: np.ndarray | None  # tokens of the whole texts; None if the file has none
     temperature: float
+    class_names: tuple[str, ...] | None = None  # K-class runs only
 
 
 def _predictions(run: PlannedRun, eval_set: str) -> _Predictions:
@@ -130,30 +216,54 @@ def _predictions(run: PlannedRun, eval_set: str) -> _Predictions:
     else:
         folder = run.workdir / "extra_evals" / extra_eval_dir(eval_set)
         results = json.loads((folder / RESULTS_FILE).read_text())
+    classes = result_classes(results)
     if (folder / PREDICTIONS_PARQUET).exists():
         table = reporting.read_predictions(folder / PREDICTIONS_PARQUET)
     else:  # restored from a study archive
-        table = _read_csv_predictions(folder / PREDICTIONS_CSV)
+        names = None if classes is None else classes.names
+        table = read_csv_predictions(folder / PREDICTIONS_CSV, class_names=names)
     order = np.argsort(table["example_id"], kind="stable")
     full_length = table.get("full_length")
     return _Predictions(
         example_id=table["example_id"][order],
-        logit=table["logit"][order],
+        logit=table["logits" if "logits" in table else "logit"][order],
         label=table["label"][order],
         full_length=None if full_length is None else full_length[order],
         temperature=results.get("temperature", 1.0),
+        class_names=None if classes is None else classes.names,
     )
 
 
-def _read_csv_predictions(path: epath.Path) -> dict[str, np.ndarray]:
+def read_csv_predictions(
+    path: epath.Path, *, class_names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """An archived ``predictions.csv`` (`jaxsent.study.runner.archived_columns`) as arrays.
+
+    Binary files have a float32 ``logit`` column. K-class files (`class_names` given, in class
+    order) have one float32 column ``logit_<name>`` per class, returned stacked as ``logits``
+    ``[N, K]``. The logits come back bit for bit as the run wrote them.
+
+    Raises:
+      ValueError: a K-class file without the column of one of `class_names`.
+    """
     import pyarrow as pa
     import pyarrow.csv
 
+    logit_columns = ["logit"] if class_names is None else [f"logit_{n}" for n in class_names]
     table = pyarrow.csv.read_csv(
         io.BytesIO(path.read_bytes()),
-        convert_options=pyarrow.csv.ConvertOptions(column_types={"logit": pa.float32()}),
+        convert_options=pyarrow.csv.ConvertOptions(
+            column_types=dict.fromkeys(logit_columns, pa.float32())
+        ),
     )
-    return {name: table.column(name).to_numpy() for name in table.column_names}
+    out = {name: table.column(name).to_numpy() for name in table.column_names}
+    if class_names is None:
+        return out
+    missing = [c for c in logit_columns if c not in out]
+    if missing:
+        raise ValueError(f"{path} holds no column {missing[0]!r} (classes {list(class_names)})")
+    out["logits"] = np.stack([out.pop(c) for c in logit_columns], axis=1)
+    return out
 
 
 class _Paired(NamedTuple):
@@ -217,7 +327,7 @@ def compare(
     baseline: str,
     *,
     eval_set: str = "eval",
-    metrics: Sequence[str] = COMPARED_METRICS,
+    metrics: Sequence[str] | None = None,
     num_resamples: int = 2000,
 ) -> list[dict[str, Any]]:
     """Paired bootstrap of `variant` minus `baseline` for each metric, over the seeds both have.
@@ -225,8 +335,11 @@ def compare(
     The pairs share a seed, hence the training data, its order, the validation split and the
     evaluation examples; only the loss differs. Each bootstrap replicate resamples the evaluation
     examples once for every seed (they are one test set; see `jaxsent.stats.paired_bootstrap`).
+    `metrics` defaults to those `summarize` compares for the runs' classes (`compared_metrics`).
     """
     paired = _paired_predictions(runs, variant, baseline, eval_set)
+    if metrics is None:
+        metrics = compared_metrics(study_classes(runs))
     return _compare_paired(paired, metrics=metrics, num_resamples=num_resamples)
 
 
@@ -291,9 +404,10 @@ def effect_words(row: dict[str, Any]) -> str:
 
 
 def _format_difference(row: dict[str, Any]) -> str:
-    scale, unit = (100, " pt") if row["metric"] == "accuracy" else (1, "")
+    points = row["metric"] in POINTS_METRICS
+    scale, unit = (100, " pt") if points else (1, "")
     d, lo, hi = (row[k] * scale for k in ("difference", "ci_low", "ci_high"))
-    digits = 2 if row["metric"] == "accuracy" else 4
+    digits = 2 if points else 4
     return f"{d:+.{digits}f}{unit} [{lo:+.{digits}f}, {hi:+.{digits}f}], p = {row['p_value']:.3f}"
 
 
@@ -302,7 +416,7 @@ def verdict(label: str, rows: Sequence[dict[str, Any]]) -> str:
     first = rows[0]
     parts, effects = [], []
     for row in rows:
-        if row["metric"] not in ("accuracy", "ece", "nll", "ece_ts"):
+        if row["metric"] not in VERDICT_METRICS:
             continue
         words = effect_words(row)
         parts.append(f"{row['metric']} {_format_difference(row)}")
@@ -325,7 +439,13 @@ def summarize(
     study: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole `summary.json`: runs, variants, comparisons (also per length quartile of the
-    eval split) and verdicts."""
+    eval split) and verdicts; for K-class runs also ``classes`` (``names``, ``ordinal``).
+
+    Raises:
+      ValueError: finished runs of different classes (`study_classes`).
+    """
+    classes = study_classes(runs)
+    metrics = compared_metrics(classes)
     rows = run_rows(runs)
     variants = list(dict.fromkeys(r.variant for r in runs))
     pairs = [(v, baseline) for v in variants if v != baseline]
@@ -334,9 +454,7 @@ def summarize(
     for eval_set in eval_sets:
         for variant, base in pairs:
             paired = _paired_predictions(runs, variant, base, eval_set)  # read once, used twice
-            comparisons += _compare_paired(
-                paired, metrics=COMPARED_METRICS, num_resamples=num_resamples
-            )
+            comparisons += _compare_paired(paired, metrics=metrics, num_resamples=num_resamples)
             if eval_set == "eval":
                 by_length += _compare_paired_by_length(
                     paired,
@@ -363,8 +481,10 @@ def summarize(
                 first = longest[0]
                 where = f"on the longest quartile ({first['low']:g}-{first['high']:g} tokens)"
                 verdicts.append(_verdict_row(f"{label} {where}", longest))
-    return {
-        "study": study or {},
+    out = {"study": study or {}}
+    if classes is not None:  # binary summaries keep their keys
+        out["classes"] = {"names": list(classes.names), "ordinal": classes.ordinal}
+    return out | {
         "runs": rows,
         "variants": variant_intervals(rows),
         "comparisons": comparisons,
