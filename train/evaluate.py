@@ -10,6 +10,13 @@ files, one split per file stem). The data is cleaned, tokenised and batched as t
 evaluation was, scored by the same evaluation code and reported with the same metrics (with the
 run's fitted temperature): `eval_results.json`, `predictions.parquet` and `reliability.png` in
 `--workdir` (default: `<run>/evaluations/<data>-<split>`).
+
+A model of K > 2 classes gets the K-class report (per-class metrics, the confusion matrix, the
+ordinal metrics of ordered classes; `reliability_classwise.png`, `confusion_matrix.png`). The
+data's labels are read as the model's classes (class names, or integers as the run's labels
+were); data of another number of classes (a five-class model on `sst2`, a binary one on `sst5`),
+a label naming none of the model's classes, or labels of a single class stop the command with
+one line (exit status 2).
 """
 
 import os

@@ -10,11 +10,18 @@ streamed in chunks and written to `--output` (`.parquet`, `.csv` or `.jsonl`) wi
 plus `logit`, `probability`, `label` (1 = positive), `tokens` and `truncated`; the output file
 appears only once every row is written. Probabilities use the temperature fitted on the run's
 validation split when it has one (`--raw`: the model's own sigmoid(logit)).
+
+A model of K > 2 classes prints the predicted class, its probability and the runner-up's; a
+file gets `label` (the class id), `label_name`, `probability` (of the predicted class) and
+`probability_<class name>` per class (the name verbatim, spaces included), with `--raw` also
+`logit_<class name>` per class, then `tokens` and `truncated`. Probabilities are
+softmax(logits / T) (`--raw`: softmax(logits)).
 """
 
 import os
 import sys
 
+import numpy as np
 from absl import app, flags
 
 from train.cli import run_cli, setup_process
@@ -27,7 +34,11 @@ flags.DEFINE_string("output", None, "Where to write --input's rows with the pred
 flags.DEFINE_string(
     "text_column", None, "--input's text column (default: text, sentence, review or content)."
 )
-flags.DEFINE_bool("raw", False, "Probabilities without the run's fitted temperature.")
+flags.DEFINE_bool(
+    "raw",
+    False,
+    "Probabilities without the run's fitted temperature (K > 2 classes: and the logit columns).",
+)
 flags.DEFINE_integer(
     "batch_size", None, "Rows per batch (default: the run's eval batch size).", lower_bound=1
 )
@@ -65,30 +76,60 @@ def _check_flags() -> None:
 
 def _note_temperature(predictor) -> None:
     temperature = predictor.trained.settings.temperature
+    # Two classes: P(positive) of the one logit; K: every class's, of K logits.
+    function = "sigmoid(logit" if predictor.classes.num_classes == 2 else "softmax(logits"
+    raw, scaled = f"{function})", f"{function} / T)"
     if temperature is None:
-        note = "the run has no fitted temperature: probabilities are sigmoid(logit)"
+        note = f"the run has no fitted temperature: probabilities are {raw}"
     elif predictor.temperature is None:
-        note = f"--raw: probabilities are sigmoid(logit), not the fitted T={temperature:.4f}"
+        note = f"--raw: probabilities are {raw}, not the fitted T={temperature:.4f}"
     else:
         note = (
             f"probabilities use the run's fitted temperature T={temperature:.4f}, "
-            "sigmoid(logit / T) (--raw for sigmoid(logit))"
+            f"{scaled} (--raw for {raw})"
         )
     print(f"model: {predictor.trained.describe()}; {note}", file=sys.stderr)
 
 
+def _preview(text: str) -> str:
+    preview = " ".join(text.split())
+    if len(preview) > PREVIEW_CHARS:
+        preview = preview[: PREVIEW_CHARS - 3] + "..."
+    return preview
+
+
 def _print_texts(predictor, texts: list[str]) -> None:
     out = predictor.predict(texts, what="--text", first_row=1)
-    print(f"{'label':<9} {'P(positive)':>11} {'tokens':>6}  {'truncated':<9}  text")
+    names = predictor.classes.names
+    if len(names) > 2:
+        _print_classes(out, names, texts)
+        return
+    header = f"P({names[1]})"  # P(positive)
+    label_width, p_width = max(9, *map(len, names)), max(11, len(header))
+    print(f"{'label':<{label_width}} {header:>{p_width}} {'tokens':>6}  {'truncated':<9}  text")
     for i, text in enumerate(texts):
-        preview = " ".join(text.split())
-        if len(preview) > PREVIEW_CHARS:
-            preview = preview[: PREVIEW_CHARS - 3] + "..."
-        label = "positive" if out.labels[i] else "negative"
         truncated = "yes" if out.truncated[i] else "no"
         print(
-            f"{label:<9} {out.probabilities[i]:>11.4f} {int(out.num_tokens[i]):>6}  "
-            f"{truncated:<9}  {preview}"
+            f"{names[out.labels[i]]:<{label_width}} {out.probabilities[i]:>{p_width}.4f} "
+            f"{int(out.num_tokens[i]):>6}  {truncated:<9}  {_preview(text)}"
+        )
+
+
+def _print_classes(out, names: tuple[str, ...], texts: list[str]) -> None:
+    """K classes: the predicted class and its probability, then the runner-up's."""
+    width = max(len("runner-up"), *map(len, names))
+    print(
+        f"{'label':<{width}} {'P(label)':>8}  {'runner-up':<{width}} {'P(runner-up)':>12} "
+        f"{'tokens':>6}  {'truncated':<9}  text"
+    )
+    for i, text in enumerate(texts):
+        # Ordered by logit (the temperature keeps the order), ties to the lower class id.
+        first, second = np.argsort(-out.logits[i], kind="stable")[:2]
+        truncated = "yes" if out.truncated[i] else "no"
+        print(
+            f"{names[first]:<{width}} {out.probabilities[i, first]:>8.4f}  "
+            f"{names[second]:<{width}} {out.probabilities[i, second]:>12.4f} "
+            f"{int(out.num_tokens[i]):>6}  {truncated:<9}  {_preview(text)}"
         )
 
 
@@ -114,6 +155,7 @@ def main(argv):
             text_column=FLAGS.text_column,
             chunk_rows=FLAGS.chunk_rows,
             prefix=FLAGS.prefix,
+            logits=FLAGS.raw,
         )
         print(f"wrote {rows:,} rows to {os.path.abspath(FLAGS.output)}", file=sys.stderr)
 

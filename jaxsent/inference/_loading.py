@@ -19,7 +19,9 @@ from flax import nnx
 from jaxsent import data as data_lib
 from jaxsent.export import EXPORT_DIR, InferenceSettings, is_export, read_settings
 from jaxsent.models import SentimentClassifier, load_tokenizer
+from jaxsent.models.classifier import default_label_names
 from jaxsent.training import checkpointing
+from jaxsent.training.config_check import is_ordinal, parse_label_names
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,12 @@ class TrainedModel:
       run_dir: the run's work directory when known (an export inside it, or the run itself).
       best_step: the training step of the checkpoint, when known.
       run_config: the run's config as a dict, when known.
+      classes: the model's classes (`jaxsent.data.ClassLabels`; `jaxsent.data.BINARY` for the
+        negative / positive runs): class ``i`` is ``classes.names[i]``, and raw labels of data
+        to evaluate are read as these classes (`ClassLabels.encode`).
+
+    Raises:
+      ValueError: ``classes`` and the model's head disagree on the number of classes.
     """
 
     model: SentimentClassifier
@@ -47,6 +55,15 @@ class TrainedModel:
     run_dir: epath.Path | None
     best_step: int | None
     run_config: dict[str, Any] | None
+    classes: data_lib.ClassLabels = data_lib.BINARY
+
+    def __post_init__(self):
+        if self.classes.num_classes != self.model.num_labels:
+            raise ValueError(
+                f"{os.fspath(self.directory)}: the model's head has {self.model.num_labels} "
+                f"classes but its settings name {self.classes.num_classes} "
+                f"({self.classes.describe()})"
+            )
 
     def describe(self) -> str:
         step = f", step {self.best_step}" if self.best_step is not None else ""
@@ -115,6 +132,9 @@ def _from_export(directory: epath.Path, *, run_dir: epath.Path | None) -> Traine
         settings, run_info = read_settings(local)
         model = SentimentClassifier.from_pretrained(local)
         tokenizer = load_tokenizer(local)
+    classes = settings.class_labels()
+    if settings.classes is None and model.num_labels != 2:  # a folder not written by training
+        classes = data_lib.ClassLabels(model.label_names)
     return TrainedModel(
         model=model,
         tokenizer=tokenizer,
@@ -124,25 +144,72 @@ def _from_export(directory: epath.Path, *, run_dir: epath.Path | None) -> Traine
         run_dir=run_dir,
         best_step=run_info.get("best_step"),
         run_config=run_info.get("config"),
+        classes=classes,
     )
+
+
+def _checkpoint_classes(
+    config: ml_collections.ConfigDict, results: dict[str, Any]
+) -> data_lib.ClassLabels:
+    """The classes of a run without export (an export records them in ``jaxsent.json``).
+
+    Those its config names (``data.label_names``, or the known data set's, as
+    `jaxsent.training.splits.run_classes` takes them); else those of its final report (the
+    classes found in the training labels; integer names stand for those integers, as
+    `jaxsent.data.infer_class_labels` names them); else ``model.num_labels`` unnamed ones
+    (``"0"`` .. ``"K-1"``); else the binary classes.
+    """
+    dc = config.data
+    known = data_lib.KNOWN_DATASETS.get(dc.get("name"))
+    ordinal = is_ordinal(config)
+    named = parse_label_names(dc.get("label_names", "")) or (known and known.label_names)
+    if named:
+        return data_lib.ClassLabels(tuple(named), ordinal=ordinal)
+    if results.get("class_names"):
+        names = tuple(results["class_names"])
+        values = None
+        if all(name.lstrip("-").isdigit() and str(int(name)) == name for name in names):
+            integers = tuple(int(name) for name in names)
+            if list(integers) == sorted(set(integers)) and integers != tuple(range(len(names))):
+                values = integers
+        return data_lib.ClassLabels(names, values, bool(results.get("ordinal", ordinal)))
+    num_labels = config.model.get("num_labels", 0)
+    if num_labels and num_labels != 2:
+        return data_lib.ClassLabels(default_label_names(num_labels), ordinal=ordinal)
+    return data_lib.BINARY
 
 
 def _from_checkpoint(workdir: epath.Path) -> TrainedModel:
     config_dict = json.loads((workdir / "config.json").read_text())
     config = ml_collections.ConfigDict(config_dict)
+    results_path = workdir / "eval_results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    classes = _checkpoint_classes(config, results)
+    # The head training built (`jaxsent.training.build.build_model`): one logit for two
+    # classes, K for K; a base model's head of another size is replaced, as in training.
     model = SentimentClassifier.from_pretrained(
         config.model.name,
         pooling=config.model.pooling,
         dropout_rate=config.model.dropout_rate,
         dtype=jnp.dtype(config.model.dtype),
+        num_labels=classes.num_classes,
+        label_names=classes.names,
+        replace_mismatched_head=True,
     )
     graphdef, rng_state, state = nnx.split(model, nnx.RngState, ...)
-    arrays, meta = checkpointing.restore_best_model(
-        workdir,
-        state,
-        best_metric=config.train.best_metric,
-        best_mode=config.train.best_mode,
-    )
+    try:
+        arrays, meta = checkpointing.restore_best_model(
+            workdir,
+            state,
+            best_metric=config.train.best_metric,
+            best_mode=config.train.best_mode,
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"{os.fspath(workdir)}: its best checkpoint does not fit a model of "
+            f"{classes.num_classes} classes ({classes.describe()}), the classes its config "
+            f"and report name; the run has no export/ that records them ({err})"
+        ) from err
     nnx.replace_by_pure_dict(state, arrays)
     model = nnx.merge(graphdef, rng_state, state)
     max_length = config.data.max_length
@@ -152,8 +219,6 @@ def _from_checkpoint(workdir: epath.Path) -> TrainedModel:
         "the run's own in the last bits",
         workdir,
     )
-    results_path = workdir / "eval_results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     settings = InferenceSettings(
         max_length=max_length,
         clean_markup=config.data.clean_markup,
@@ -165,6 +230,7 @@ def _from_checkpoint(workdir: epath.Path) -> TrainedModel:
         ),
         batch_size=config.train.eval_batch_size,
         temperature=results.get("temperature"),
+        classes=None if classes == data_lib.BINARY else classes.to_json(),
     )
     return TrainedModel(
         model=model,
@@ -175,4 +241,5 @@ def _from_checkpoint(workdir: epath.Path) -> TrainedModel:
         run_dir=workdir,
         best_step=int(meta["step"]),
         run_config=config_dict,
+        classes=classes,
     )

@@ -1,4 +1,9 @@
-"""Scoring texts: one jitted eval step over length-bucketed batches, and per-text predictions."""
+"""Scoring texts: one jitted eval step over length-bucketed batches, and per-text predictions.
+
+Two classes: one logit per text (the positive class's), P(positive) = sigmoid. K > 2 classes:
+K logits per text, one probability per class = softmax. A fitted temperature divides the
+logits in both cases; it never changes the predicted class.
+"""
 
 from __future__ import annotations
 
@@ -43,13 +48,16 @@ class Scorer:
         self.batch_size = batch_size
         self.boundaries = tuple(boundaries)
         rules = sharding.SHARDING_RULES["dp"]
+        # Two classes: one logit per example; K: K (`SentimentClassifier.__call__`).
+        self.logit_shape = () if model.num_labels == 2 else (model.num_labels,)
         self.step, self.state = build_eval_step(
             model, state_shardings_fn=lambda tree: sharding.tree_shardings(tree, self.mesh, rules)
         )
         self.place = loop.BatchPlacer(self.mesh, pad_id=pad_id)
 
     def logits(self, arrays: data_lib.TokenArrays) -> np.ndarray:
-        """float32 [n] logits of every example of ``arrays``, in row order."""
+        """float32 logits of every example of ``arrays``, in row order: [n] (two classes) or
+        [n, K]."""
         plan = data_lib.batch_plan(
             arrays.lengths,
             global_batch_size=self.batch_size,
@@ -58,7 +66,7 @@ class Scorer:
             seed=0,
             epoch=0,
         )
-        out = np.full(len(arrays), np.nan, dtype=np.float32)
+        out = np.full((len(arrays), *self.logit_shape), np.nan, dtype=np.float32)
         with jax.set_mesh(self.mesh):
             for spec in plan:
                 logits = np.asarray(self.step.eval_step(self.state, self.place(arrays, spec)))
@@ -80,11 +88,30 @@ class Scorer:
 
 
 def probabilities(logits, temperature: float | None) -> np.ndarray:
-    """float32 P(positive) = sigmoid(logits / temperature); sigmoid(logits) when it is None."""
+    """float32 probabilities of the logits scaled by ``temperature`` (None: unscaled).
+
+    Args:
+      logits: [n] logits of the positive class (two classes), or [n, K] logits of K classes.
+      temperature: the fitted temperature, or None.
+
+    Returns:
+      [n] P(positive) = sigmoid(logits / T), or [n, K] softmax(logits / T) over the classes.
+    """
     logits = jnp.asarray(logits, jnp.float32)
     if temperature is not None:
         logits = calibration.apply_temperature(logits, temperature)
+    if logits.ndim == 2:
+        return np.asarray(jax.nn.softmax(logits, axis=-1), dtype=np.float32)
     return np.asarray(jax.nn.sigmoid(logits), dtype=np.float32)
+
+
+def predicted_labels(logits) -> np.ndarray:
+    """int64 class ids of the logits: [n] logits -> 1 (positive) iff > 0; [n, K] -> argmax
+    (the first of equal ones)."""
+    logits = np.asarray(logits)
+    if logits.ndim == 2:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    return (logits > 0).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +119,12 @@ class Predictions:
     """Per-text predictions.
 
     Attributes:
-      logits: float32 [n], the model's logits (no temperature).
-      probabilities: float32 [n], P(positive) (with the temperature, when one is applied).
-      labels: int64 [n], 1 (positive) iff ``logit > 0``; a temperature never changes it.
+      logits: float32 [n] (two classes: the positive class's) or [n, K], the model's logits
+        (no temperature).
+      probabilities: float32 [n], P(positive), or [n, K], each class's probability (with the
+        temperature, when one is applied).
+      labels: int64 [n], the predicted class id: two classes, 1 (positive) iff ``logit > 0``;
+        K, the class of the largest logit. A temperature never changes it.
       num_tokens: int32 [n], tokens the model read (special tokens included).
       truncated: bool [n], whether the text was longer than ``max_length`` tokens.
     """
@@ -107,7 +137,7 @@ class Predictions:
 
 
 class Predictor:
-    """Classifies texts with a `TrainedModel`.
+    """Classifies texts with a `TrainedModel` (its classes: ``trained.classes``).
 
     Args:
       trained: the model.
@@ -119,6 +149,7 @@ class Predictor:
         self, trained: TrainedModel, *, batch_size: int | None = None, calibrated: bool = True
     ):
         self.trained = trained
+        self.classes = trained.classes
         settings = trained.settings
         self.temperature = settings.temperature if calibrated else None
         self.scorer = Scorer(
@@ -160,7 +191,7 @@ class Predictor:
             )
             raise ValueError(f"{len(bad)} text(s) cannot be classified: {shown}{more}")
         if not texts:
-            empty = np.zeros(0, np.float32)
+            empty = np.zeros((0, *self.scorer.logit_shape), np.float32)
             return Predictions(
                 empty, empty, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool)
             )
@@ -176,7 +207,7 @@ class Predictor:
         return Predictions(
             logits=logits,
             probabilities=probabilities(logits, self.temperature),
-            labels=(logits > 0).astype(np.int64),
+            labels=predicted_labels(logits),
             num_tokens=encoded.lengths,
             truncated=encoded.truncated,
         )
