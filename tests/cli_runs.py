@@ -58,6 +58,25 @@ def command(model_dir, workdir, *overrides, num_steps: int = NUM_STEPS):
     )
 
 
+# The five-class run (`multiclass_command`): SST-5 under cls pooling, so that its export is a
+# transformers BertForSequenceClassification with five labels.
+SST5_CLASSES = ("very negative", "negative", "neutral", "positive", "very positive")
+
+
+def multiclass_command(encoder_dir, workdir) -> list[str]:
+    """`train_command` on SST-5 (five ordered classes) from a bare encoder with a pooler, under
+    ``pooling=cls``: one bucket shape (one compile), and a learning rate at which 8 steps move
+    the fresh head, so that the predicted classes differ between texts."""
+    return train_command(
+        encoder_dir,
+        workdir,
+        "--config.data.name=sst5",
+        "--config.model.pooling=cls",
+        "--config.data.num_buckets=1",
+        "--config.optim.learning_rate=1e-3",
+    )
+
+
 def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     result = dict(os.environ)
     result.setdefault("JAXSENT_DATA_DIR", DATA_DIR)

@@ -86,6 +86,30 @@ def reference_run(model_dir, tmp_path_factory) -> FinishedRun:
 
 
 @pytest.fixture(scope="session")
+def multiclass_run(tmp_path_factory) -> FinishedRun:
+    """`cli_runs.multiclass_command` trained to the end: five SST-5 classes, a tiny BERT encoder
+    with a pooler (wide initialisation, so that texts get distinct logits) under cls pooling.
+    The one K-class run of the session, shared by the predict, evaluate and export tests: never
+    write into it (pass --workdir, or copy it first)."""
+    from cli_runs import multiclass_command, run
+    from tiny_models import save_tiny_model_dir
+
+    def train(folder: Path) -> None:
+        encoder = save_tiny_model_dir(folder / "encoder", head=False, initializer_range=0.3)
+        result = run(multiclass_command(encoder, folder / "workdir"))
+        assert result.returncode == 0, result.stderr[-4000:]
+        (folder / "stdout.txt").write_text(result.stdout)
+        (folder / "stderr.txt").write_text(result.stderr)
+
+    folder = once_per_session(tmp_path_factory, "multiclass", train)
+    return FinishedRun(
+        folder / "workdir",
+        (folder / "stdout.txt").read_text(),
+        (folder / "stderr.txt").read_text(),
+    )
+
+
+@pytest.fixture(scope="session")
 def run_dir(reference_run, tmp_path_factory):
     """A finished `python -m train` run of the tiny model (8 steps, validation every 4).
 

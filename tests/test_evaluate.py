@@ -4,12 +4,14 @@ labelled data set, measured like it (checked against scikit-learn)."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-from cli_runs import DATA_DIR, module, run
+from cli_runs import DATA_DIR, SST5_CLASSES, module, run
 from sklearn import metrics as skm
 
 from jaxsent.inference import Scorer, evaluation_results, load_eval_split, load_trained
@@ -133,3 +135,108 @@ def test_an_export_outside_a_run_needs_a_workdir(run_dir, tmp_path):
     assert result.returncode == 2
     assert "is an export outside a run's work directory: pass --workdir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# K classes: the five-class SST-5 run (tests/conftest.py `multiclass_run`).
+
+
+def test_k_classes_pointed_at_the_runs_split_it_reproduces_the_runs_report(
+    multiclass_run, tmp_path
+):
+    """Exactly, as for two classes: every metric of the K-class report (per class, confusion
+    matrix, ordinal ones, temperature-scaled ones) and the per-class predictions file."""
+    workdir = multiclass_run.workdir
+    out = tmp_path / "report"
+    result = run(
+        module(
+            "train.evaluate",
+            "--model",
+            workdir,
+            "--data=sst5",
+            "--split=validation",
+            f"--size={EVAL_SIZE}",
+            "--workdir",
+            out,
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, theirs = _results(out), _results(workdir)
+    assert ours["n_examples"] == EVAL_SIZE and "temperature" in theirs
+    assert theirs["class_names"] == list(SST5_CLASSES) and theirs["ordinal"] is True
+    assert len(set(np.asarray(theirs["confusion_matrix"]).argmax(axis=1))) > 1  # not one class
+    for key, value in theirs.items():
+        if key != "notes":
+            assert ours[key] == value, key
+    assert pq.read_table(out / "predictions.parquet").equals(
+        pq.read_table(workdir / "predictions.parquet")
+    )
+    for figure in ("reliability.png", "reliability_classwise.png", "confusion_matrix.png"):
+        assert (out / figure).stat().st_size > 0
+    assert "macro_f1:" in result.stdout and "accuracy_within_one:" in result.stdout
+
+
+def _error_of(*args) -> str:
+    result = run(module("train.evaluate", *map(str, args)))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def _reviews(tmp_path, labels, name="reviews") -> Path:
+    texts = [f"review number {i} of a film" for i in range(len(labels))]
+    path = tmp_path / f"{name}.csv"
+    pa_csv.write_csv(pa.table({"text": texts, "label": labels}), path)
+    return path
+
+
+@pytest.mark.parametrize("error", ["other_classes", "outside", "one_class"])
+def test_k_classes_bad_data_is_one_line(multiclass_run, tmp_path, error):
+    workdir = multiclass_run.workdir
+    out = tmp_path / "report"
+    if error == "other_classes":
+        line = _error_of("--model", workdir, "--data=sst2", "--split=validation", "--workdir", out)
+        assert line == (
+            "error: the model has 5 classes (0 'very negative', 1 'negative', 2 'neutral', "
+            "3 'positive', 4 'very positive') but sst2 has 2 (0 'negative', 1 'positive'): "
+            "evaluate it on data of its classes"
+        )
+    elif error == "outside":
+        data = _reviews(tmp_path, ["neutral", "Very Positive", "superb", "negative", "positive"])
+        line = _error_of("--model", workdir, "--data", data, "--split=reviews", "--workdir", out)
+        assert "split " in line and "reviews': 1 malformed row(s) of 5: row 2: label='superb'" in (
+            line
+        )
+        assert "label must be one of the classes (0 'very negative', 1 'negative'," in line
+    else:
+        data = _reviews(tmp_path, [2, 2, 2])
+        line = _error_of("--model", workdir, "--data", data, "--split=reviews", "--workdir", out)
+        assert line.endswith(
+            "reviews: the evaluated labels hold one class only ('neutral'); the metrics compare "
+            "classes, so evaluate data of two or more of the model's (0 'very negative', "
+            "1 'negative', 2 'neutral', 3 'positive', 4 'very positive')"
+        )
+    assert not out.exists()
+
+
+def test_labels_are_read_as_the_models_classes(run_dir, multiclass_run, tmp_path):
+    """In-process (no scoring): names in any case, ids, and data of other classes."""
+    five = load_trained(multiclass_run.workdir)
+    two = load_trained(run_dir)
+    data = _reviews(tmp_path, ["Neutral", " very positive", "very negative", "negative"], "names")
+    split, _ = load_eval_split(five, str(data), split="names")  # any case, stripped
+    assert split.classes == five.classes
+    assert split.arrays.labels[np.argsort(split.arrays.example_ids)].tolist() == [2, 4, 0, 1]
+    # Binary labels on five classes: 0/1 are ids of two of its classes, so they are refused;
+    # names that happen to be binary spellings are its own class names, so they are read.
+    binary = _reviews(tmp_path, [0, 1, 1, 0], name="binary")
+    with pytest.raises(ValueError, match=r"5 classes .*\.csv:binary hold 2 \(binary: 0/1 or"):
+        load_eval_split(five, str(binary), split="binary")
+    named = _reviews(tmp_path, ["negative", "positive"], name="named")
+    assert load_eval_split(five, str(named), split="named")[0].arrays.labels.tolist() == [1, 3]
+    with pytest.raises(ValueError, match=r"the model has 2 classes .* but sst5 has 5 \(0 'very"):
+        load_eval_split(two, "sst5", split="validation", data_dir=DATA_DIR)
+    stars = _reviews(tmp_path, [1, 2, 3], name="stars")
+    with pytest.raises(ValueError, match=r"has 2 classes .*/stars\.csv:stars hold 3 \(0 '1'"):
+        load_eval_split(two, str(stars), split="stars")

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from cli_runs import SST5_CLASSES
 from etils import epath
 from flax import nnx
-from tiny_models import tiny_classifier
+from tiny_models import tiny_classifier, tiny_config
 
-from jaxsent.data import clean_text
+from jaxsent.data import ClassLabels, clean_text
 from jaxsent.export import InferenceSettings, read_settings, write_export
 from jaxsent.inference import Predictor, load_trained
 from jaxsent.models import SentimentClassifier, load_tokenizer
@@ -35,7 +36,7 @@ TEXTS = [
 ]
 
 
-def _settings(temperature=None):
+def _settings(temperature=None, classes=None):
     return InferenceSettings(
         max_length=MAX_LENGTH,
         clean_markup=True,
@@ -44,6 +45,7 @@ def _settings(temperature=None):
         bucket_boundaries=(8, 16, MAX_LENGTH),
         batch_size=16,
         temperature=temperature,
+        classes=classes,
     )
 
 
@@ -51,6 +53,19 @@ def _model(pooling):
     # A wide initialisation and a moved head, so that logits differ clearly between texts.
     model = tiny_classifier(pooling=pooling, initializer_range=0.3, seed=3)
     model.head.bias.set_value(jnp.array([0.25]))
+    return model
+
+
+def _five_class_model(pooling):
+    model = SentimentClassifier(
+        tiny_config(initializer_range=0.3),
+        pooling=pooling,
+        dropout_rate=0.1,
+        rngs=nnx.Rngs(params=3, dropout=4),
+        num_labels=len(SST5_CLASSES),
+        label_names=SST5_CLASSES,
+    )
+    model.head.bias.set_value(jnp.linspace(-0.5, 0.5, len(SST5_CLASSES)))
     return model
 
 
@@ -62,12 +77,20 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("exports")
-    return {
+    out = {
         pooling: write_export(
             _model(pooling), root / pooling, tokenizer=tokenizer, settings=_settings(1.7)
         )
         for pooling in ("cls", "mean")
     }
+    classes = ClassLabels(SST5_CLASSES, ordinal=True).to_json()
+    out["mean_k5"] = write_export(
+        _five_class_model("mean"),
+        root / "mean_k5",
+        tokenizer=tokenizer,
+        settings=_settings(1.7, classes),
+    )
+    return out
 
 
 def _jaxsent_logits(directory, texts=TEXTS):
@@ -111,16 +134,43 @@ def _run_snippet(code: str, export_dir) -> dict:
     return namespace
 
 
-def test_readme_mean_pooling_lines_reproduce_jaxsent(exports):
-    namespace = _run_snippet(_readme_snippet("jaxsent_head.weight"), exports["mean"])
+@pytest.mark.parametrize("name", ["mean", "mean_k5"])
+def test_readme_mean_pooling_lines_reproduce_jaxsent(exports, name):
+    """Two classes: sigmoid of the one logit; five: softmax over the head's five outputs."""
+    namespace = _run_snippet(_readme_snippet("jaxsent_head.weight"), exports[name])
     texts = ["A gem of a film.", "Two hours<br />I will not get back."]
     assert namespace["texts"] == [clean_text(t) for t in texts]  # the snippet's own texts
-    predictions = Predictor(load_trained(exports["mean"])).predict(texts)
-    assert np.ptp(predictions.logits) > 0.1
+    predictions = Predictor(load_trained(exports[name])).predict(texts)
+    assert predictions.logits.shape == ((2,) if name == "mean" else (2, len(SST5_CLASSES)))
+    assert np.ptp(predictions.logits, axis=0).max() > 0.1  # the texts are told apart
     np.testing.assert_allclose(namespace["logits"].numpy(), predictions.logits, atol=TOL, rtol=0)
     np.testing.assert_allclose(
         namespace["probabilities"].numpy(), predictions.probabilities, atol=TOL, rtol=0
     )
+
+
+def test_k_classes_cls_export_is_a_transformers_sequence_classifier(multiclass_run):
+    """A five-class run under cls pooling on a BERT encoder with a pooler: transformers' Auto
+    class loads its export as five labels named by the classes, with jaxsent's logits."""
+    directory = str(multiclass_run.workdir / "export")
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        directory, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert isinstance(model, transformers.BertForSequenceClassification)
+    assert model.config.num_labels == len(SST5_CLASSES)
+    assert model.config.id2label == dict(enumerate(SST5_CLASSES))
+    assert model.config.label2id == {name: i for i, name in enumerate(SST5_CLASSES)}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    batch = tokenizer(
+        [clean_text(t) for t in TEXTS], truncation=True, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        theirs = model.eval()(**batch).logits.numpy()
+    ours = _jaxsent_logits(directory)
+    assert ours.shape == (len(TEXTS), len(SST5_CLASSES))
+    assert np.ptp(ours, axis=0).min() > 0.1  # every class's logit tells the texts apart
+    np.testing.assert_allclose(ours, theirs, atol=TOL, rtol=0)
 
 
 def test_readme_cls_lines_give_jaxsent_logits(exports):

@@ -9,22 +9,31 @@ decimals.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
-from cli_runs import DATA_DIR, ROOT, module, run
+from cli_runs import DATA_DIR, ROOT, SST5_CLASSES, module, run
 from flax import nnx
 
-from jaxsent.data import clean_text
-from jaxsent.inference import Predictor, load_trained, predict_file, probabilities
+from jaxsent.data import BINARY, ClassLabels, clean_text
+from jaxsent.inference import (
+    Predictor,
+    load_trained,
+    predict_file,
+    prediction_columns,
+    probabilities,
+)
+from jaxsent.inference._loading import _checkpoint_classes
 from jaxsent.models import SentimentClassifier, load_tokenizer
 
 MAX_LENGTH = 32
@@ -312,3 +321,180 @@ def test_a_million_rows_stream_in_bounded_memory(tmp_path):
         written, read_back, grown[rows] = map(int, result.stdout.split())
         assert written == read_back == rows
     assert grown[1_000_000] - grown[100_000] < 50 * 1024, grown  # KiB
+
+
+# K classes: the five-class SST-5 run (tests/conftest.py `multiclass_run`), cls pooling.
+SST5_TEXTS = [
+    "A gem of a film.",
+    "Dull<br />and far too long.",
+    "The plot wanders " * 12,  # more than MAX_LENGTH tokens
+    "It is a film.",
+]
+LINE = re.compile(
+    r"^(?P<label>.+?)\s+(?P<p>\d\.\d{4})  (?P<second>.+?)\s+(?P<p2>\d\.\d{4})\s+"
+    r"(?P<tokens>\d+)  (?P<truncated>yes|no)\s+(?P<text>.*)$"
+)
+
+
+@pytest.fixture(scope="module")
+def multiclass_reference(multiclass_run):
+    """The [K] logits, tokens read and truncation of one text, scored alone (as `reference`)."""
+    export = multiclass_run.workdir / "export"
+    model = SentimentClassifier.from_pretrained(export)
+    tokenizer = load_tokenizer(export)
+    forward = nnx.jit(lambda m, ids: m(ids, jnp.ones_like(ids)))
+
+    def score(text: str) -> tuple[np.ndarray, int, bool]:
+        full = tokenizer(clean_text(text))["input_ids"]
+        ids = np.asarray([full[: MAX_LENGTH - 1] + full[-1:] if len(full) > MAX_LENGTH else full])
+        return np.asarray(forward(model, ids)[0], np.float64), ids.shape[1], len(full) > MAX_LENGTH
+
+    return score
+
+
+def _softmax(logits, temperature=1.0):
+    z = np.asarray(logits, np.float64) / temperature
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def test_k_classes_texts_print_the_class_its_probability_and_the_runner_up(
+    multiclass_run, multiclass_reference
+):
+    args = [arg for text in SST5_TEXTS for arg in ("--text", text)]
+    result = run(module("train.predict", "--model", multiclass_run.workdir, *args))
+    assert result.returncode == 0, result.stderr[-3000:]
+    temperature = json.loads((multiclass_run.workdir / "export" / "jaxsent.json").read_text())[
+        "temperature"
+    ]
+    assert f"T={temperature:.4f}, softmax(logits / T)" in result.stderr
+    header, *lines = result.stdout.strip().splitlines()
+    assert header.split() == ["label", "P(label)", "runner-up", "P(runner-up)", "tokens"] + [
+        "truncated",
+        "text",
+    ]
+    assert len(lines) == len(SST5_TEXTS)
+    predicted = set()
+    for line, text in zip(lines, SST5_TEXTS, strict=True):
+        found = LINE.match(line)
+        assert found, line
+        logits, tokens, truncated = multiclass_reference(text)
+        first, second = np.argsort(-logits)[:2]
+        p = _softmax(logits, temperature)
+        assert found["label"] == SST5_CLASSES[first]
+        assert found["second"] == SST5_CLASSES[second]
+        assert abs(float(found["p"]) - p[first]) <= 5e-5 + 1e-5
+        assert abs(float(found["p2"]) - p[second]) <= 5e-5 + 1e-5
+        assert int(found["tokens"]) == tokens
+        assert found["truncated"] == ("yes" if truncated else "no")
+        predicted.add(found["label"])
+    assert len(predicted) > 1  # the texts are told apart: the class check can fail
+
+
+def test_k_classes_a_file_gets_the_class_columns(multiclass_run, multiclass_reference, tmp_path):
+    """--raw: softmax(logits) and the logit columns; class names with spaces kept verbatim
+    in the header (a CSV round trip); --prefix because the input has a 'label' column."""
+    sst5 = pq.read_table(os.path.join(DATA_DIR, "sst5", "validation.parquet")).slice(0, 40)
+    table = sst5.select(["text", "label"])
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=10)
+    result = run(
+        module(
+            "train.predict",
+            "--model",
+            multiclass_run.workdir / "export",
+            "--input",
+            tmp_path / "in.parquet",
+            "--output",
+            tmp_path / "out.csv",
+            "--raw",
+            "--prefix=pred_",
+            "--chunk_rows=16",
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--raw: probabilities are softmax(logits)" in result.stderr
+    out = pa_csv.read_csv(tmp_path / "out.csv")
+    added = prediction_columns(ClassLabels(SST5_CLASSES), logits=True)
+    assert added[:3] == ["label", "label_name", "probability"]
+    assert "probability_very negative" in added and "logit_very positive" in added
+    assert out.column_names == ["text", "label", *(f"pred_{name}" for name in added)]
+    assert out.column("label").to_pylist() == table.column("label").to_pylist()
+    expected = [multiclass_reference(text) for text in table.column("text").to_pylist()]
+    logits = np.stack([e[0] for e in expected])
+    theirs = np.stack(
+        [out.column(f"pred_logit_{name}").to_numpy() for name in SST5_CLASSES], axis=1
+    )
+    np.testing.assert_allclose(theirs, logits, atol=LOGIT_TOL, rtol=0)
+    probs = np.stack(
+        [out.column(f"pred_probability_{name}").to_numpy() for name in SST5_CLASSES], axis=1
+    )
+    np.testing.assert_allclose(probs, _softmax(logits), atol=1e-6, rtol=0)
+    labels = out.column("pred_label").to_numpy()
+    np.testing.assert_array_equal(labels, logits.argmax(axis=1))
+    assert len(set(labels)) > 1
+    assert out.column("pred_label_name").to_pylist() == [SST5_CLASSES[k] for k in labels]
+    np.testing.assert_allclose(
+        out.column("pred_probability").to_numpy(), probs[np.arange(len(labels)), labels], rtol=0
+    )
+    assert out.column("pred_tokens").to_pylist() == [e[1] for e in expected]
+    assert out.column("pred_truncated").to_pylist() == [e[2] for e in expected]
+
+
+def test_k_classes_library_probabilities_and_a_run_without_export(multiclass_run, tmp_path):
+    """The checkpoint path knows the run's classes (here from its config: sst5) and gives the
+    export's logits (evenly spaced buckets: float32 rounding); probabilities are the softmax of
+    logits / T, checked against float64 numpy."""
+    exported = load_trained(multiclass_run.workdir)
+    copy = tmp_path / "old_run"
+    shutil.copytree(multiclass_run.workdir, copy, ignore=shutil.ignore_patterns("export"))
+    trained = load_trained(copy)
+    assert trained.source == "checkpoint" and exported.source == "export"
+    assert trained.classes == exported.classes == ClassLabels(SST5_CLASSES, ordinal=True)
+    assert trained.settings.classes == exported.settings.classes
+    predictor = Predictor(exported)
+    ours = Predictor(trained).predict(SST5_TEXTS)
+    theirs = predictor.predict(SST5_TEXTS)
+    assert ours.logits.shape == (len(SST5_TEXTS), 5)
+    np.testing.assert_allclose(ours.logits, theirs.logits, atol=1e-6, rtol=0)
+    temperature = exported.settings.temperature
+    np.testing.assert_allclose(
+        theirs.probabilities, _softmax(theirs.logits, temperature), atol=1e-6, rtol=0
+    )
+    np.testing.assert_array_equal(theirs.labels, theirs.logits.argmax(axis=1))
+    empty = predictor.predict([])
+    assert empty.logits.shape == empty.probabilities.shape == (0, 5)
+
+
+def test_k_classes_a_checkpoint_whose_classes_are_unknown_is_named(multiclass_run, tmp_path):
+    """Without export, report or classes in its config, a five-class checkpoint does not fit
+    the two-class model its config describes: one line, not orbax's traceback."""
+    copy = tmp_path / "old_run"
+    shutil.copytree(
+        multiclass_run.workdir, copy, ignore=shutil.ignore_patterns("export", "eval_results.json")
+    )
+    config = json.loads((copy / "config.json").read_text())
+    config["data"]["name"] = "reviews.csv"  # no known data set names the classes
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"does not fit a model of 2 classes .*no export/"):
+        load_trained(copy)
+
+
+def test_k_classes_of_a_run_without_export_come_from_its_config_or_report():
+    config = ml_collections.ConfigDict(
+        {"data": {"name": "stars.csv", "label_names": "", "ordinal": True}, "model": {}}
+    )
+    assert _checkpoint_classes(config, {}) == BINARY
+    # Integer labels 1..5 were named by their values (`infer_class_labels`): read as those.
+    stars = _checkpoint_classes(config, {"class_names": list("12345"), "ordinal": True})
+    assert stars == ClassLabels(tuple("12345"), (1, 2, 3, 4, 5), ordinal=True)
+    assert stars.encode(1) == 0 and stars.encode("5") == 4
+    ids = _checkpoint_classes(config, {"class_names": ["0", "1", "2"], "ordinal": False})
+    assert ids == ClassLabels(("0", "1", "2"))
+    config.data.label_names = "bad, fine, good"  # named by the config: names, or class ids
+    assert _checkpoint_classes(config, {"class_names": ["x", "y", "z"]}) == ClassLabels(
+        ("bad", "fine", "good"), ordinal=True
+    )
+    config.data.update(name="sst5", label_names="", ordinal=False)
+    assert _checkpoint_classes(config, {}) == ClassLabels(SST5_CLASSES, ordinal=True)
+    config.data.name, config.model.num_labels = "reviews.csv", 3
+    assert _checkpoint_classes(config, {}) == ClassLabels(("0", "1", "2"))

