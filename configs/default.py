@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.train_split = "train"
     data.eval_split = "test"  # used once, for the final report
     data.validation_size = 0.1  # fraction (or count) of train held out for model selection
+    # A split of the data set to select the model on instead (e.g. SST-5's 'validation'); then
+    # every train row is trained on and validation_size is not used.
+    data.validation_split = ""
     data.train_size = 0  # 0 = all remaining train examples; else a stratified subset of this size
     data.eval_size = 0  # 0 = the whole eval split; else a fixed stratified sample of this size
     data.eval_sample_seed = 0  # the eval sample's seed: the same examples for every training seed

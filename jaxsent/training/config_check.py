@@ -460,6 +460,7 @@ FIELDS: dict[str, Rule] = {
     "data.train_split": _rule("str", "must be a split name", bool),
     "data.eval_split": _rule("str", "must be a split name", bool),
     "data.validation_size": _FRACTION_OR_COUNT,
+    "data.validation_split": _rule("str", "must be a split name or '' (carved from train)"),
     "data.train_size": _rule("int", f"{_INT_GE0} (0 = every train example)", lambda v: v >= 0),
     "data.eval_size": _rule("int", f"{_INT_GE0} (0 = the whole eval split)", lambda v: v >= 0),
     "data.eval_sample_seed": _rule("int", _INT_GE0, lambda v: v >= 0),
@@ -530,6 +531,7 @@ OPTIONAL_FIELDS = frozenset(
         "data.eval_holdout",
         "data.label_names",
         "data.ordinal",
+        "data.validation_split",
         "model.num_labels",
         "model.remat",
         "model.scan_layers",
@@ -650,6 +652,18 @@ def _micro_batch_size(ctx: _Context) -> ConfigError | None:
     return None
 
 
+def _validation_split(ctx: _Context) -> ConfigError | None:
+    split = ctx.get("data.validation_split", "")
+    if split and split in (ctx.get("data.eval_split"), ctx.get("data.train_split")):
+        return ConfigError(
+            "data.validation_split",
+            split,
+            "must differ from data.train_split and data.eval_split (the evaluation split is "
+            "touched once, for the final report)",
+        )
+    return None
+
+
 def _best_mode(ctx: _Context) -> ConfigError | None:
     metric, mode = ctx.get("train.best_metric"), ctx.get("train.best_mode")
     better = "max" if metric in HIGHER_IS_BETTER else "min" if metric in LOWER_IS_BETTER else mode
@@ -672,6 +686,7 @@ COMBINATIONS: tuple[Callable[[_Context], ConfigError | None], ...] = (
     _epochs_or_steps,
     _warmup_steps,
     _micro_batch_size,
+    _validation_split,
     _best_mode,
 )
 

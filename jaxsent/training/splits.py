@@ -80,10 +80,12 @@ def load_splits(
     """Train / validation (carved from train, fixed seed) / eval splits, tokenized.
 
     Rows are validated and selected (validation split, training subset, evaluation sample) from
-    their labels first, and only the selected rows are tokenised. A data set with a single split
-    (one file) and neither `data.train_split` nor `data.eval_split` among its splits is divided:
-    a stratified `data.eval_holdout` of it (fixed by `data.eval_sample_seed`) is held out for the
-    final evaluation and the rest is trained on.
+    their labels first, and only the selected rows are tokenised. The validation split is carved
+    from train (``data.validation_size``, stratified, the run's seed) unless
+    ``data.validation_split`` names one. A data set with a single split (one file) and neither
+    `data.train_split` nor `data.eval_split` among its splits is divided: a stratified
+    `data.eval_holdout` of it (fixed by `data.eval_sample_seed`) is held out for the final
+    evaluation and the rest is trained on.
 
     The classes (`run_classes`) are read off the training rows' labels before any row is
     screened; every split's labels are then their class ids (a label naming no class is a
@@ -148,11 +150,20 @@ def load_splits(
                 f"{len(eval_rows):,} of its {len(rows):,} rows (data.eval_holdout="
                 f"{dc.eval_holdout}) and training on the rest"
             )
-        train_idx, validation_idx = data_lib.validation_indices(
-            train_rows.labels,
-            validation_size=_as_count_or_fraction(dc.validation_size),
-            seed=config.seed,
-        )
+        validation_split = dc.get("validation_split", "")
+        if validation_split:  # a named split selects the model: train keeps every row
+            validation_rows = screen(
+                data_lib.load_raw(dc.name, split=validation_split, **kwargs), validation_split
+            )
+            train_idx = np.arange(len(train_rows))
+            validation_idx = np.arange(len(validation_rows))
+        else:
+            train_idx, validation_idx = data_lib.validation_indices(
+                train_rows.labels,
+                validation_size=_as_count_or_fraction(dc.validation_size),
+                seed=config.seed,
+            )
+            validation_rows = train_rows
         full_sizes = {"train": len(train_idx), "eval": len(eval_rows)}
         if dc.train_size and dc.train_size < len(train_idx):
             train_idx = train_idx[
@@ -184,7 +195,7 @@ def load_splits(
     with timer.phase("tokenise"):
         splits = {
             "train": tokenize(train_rows.select(train_idx)),
-            "validation": tokenize(train_rows.select(validation_idx)),
+            "validation": tokenize(validation_rows.select(validation_idx)),
             "eval": tokenize(eval_rows.select(eval_idx)),
         }
         splits.update({key: tokenize(rows) for key, rows in extra.items()})
