@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -417,3 +418,21 @@ def test_steps_that_cannot_be_built_are_one_line_naming_the_model(model_dir, mon
         f"{str(model_dir)!r}, max_length 32): NotImplementedError: this layout is not built"
     )
     check_config(config, num_devices=1, trace_steps=False)  # the fields themselves pass
+
+
+def test_a_k_class_config_builds_and_traces_a_k_logit_head(model_dir):
+    from flax import nnx
+
+    from jaxsent import sharding
+    from jaxsent.training import build
+
+    config = _tiny_config(model_dir, **{"data.name": "sst5", "train.best_metric": "mae"})
+    config.train.best_mode = "min"
+    check_config(config, num_devices=1)  # traced with the five classes sst5 names
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    steps, state, _ = build.abstract_steps(config, mesh)
+    model, _ = nnx.merge(steps.eval_graphdef, steps.rng_state, state)
+    assert model.head.kernel.shape == (32, 5) and model.label_names[0] == "very negative"
+    config.train.best_metric = "auroc"  # a binary metric: sst5 has five classes
+    with pytest.raises(ConfigError, match=r"^config\.train\.best_metric='auroc': .*'mae'"):
+        check_config(config, num_devices=1, trace_steps=False)

@@ -277,6 +277,57 @@ def test_micro_batches_take_the_whole_batch_step(one_device_mesh, micro_batches,
     )
 
 
+def test_a_five_class_step_is_the_same_sharded_in_micro_batches_and_scanned(one_device_mesh):
+    """K classes through every layout of the step: one device whole batch (the reference)
+    against fsdp_tp over 4 x 2 devices in 2 micro-batches, and against scan_layers + remat."""
+    bce = losses.get_loss("bce")  # softmax cross-entropy on [B, 5] logits
+    mesh8 = sharding.make_mesh(data=4, model=2, devices=jax.devices()[:8])
+
+    def run(mesh, rules, micro_batches, layout=None):
+        steps, state = _setup(
+            mesh, loss_fn=bce, rules=rules, micro_batches=micro_batches, num_labels=5, **NO_DROPOUT
+        )
+        if layout:
+            model = merge_model(steps, state, train=True)
+            model.encoder.encoder.set_layout(**layout)
+            tx, _ = make_optimizer(OPTIM, total_steps=100)
+            with jax.set_mesh(mesh):
+                steps, state = build_steps(
+                    model,
+                    nnx.Optimizer(model, tx, wrt=trainable_filter(model)),
+                    loss_fn=bce,
+                    dropout_key=jax.random.key(7),
+                    state_shardings_fn=lambda tree: sharding.tree_shardings(tree, mesh, rules),
+                )
+        seen = []
+        with jax.set_mesh(mesh):
+            for seed in range(2):
+                batch = _batch(seed=seed)
+                batch["labels"] = np.random.default_rng(seed).integers(0, 5, 16).astype(np.int32)
+                state, metrics = steps.train_step(state, _place(batch, mesh))
+                seen.append(float(metrics["loss"]))
+            logits = steps.eval_step(state, _place(_batch(seed=5), mesh))
+        model = merge_model(steps, state)
+        if layout:
+            model.encoder.encoder.set_layout(remat="none", scan_layers=False)
+        return seen, np.asarray(logits), jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+
+    reference = run(one_device_mesh, "dp", 1)
+    assert reference[1].shape == (16, 5)
+    for other in (
+        run(mesh8, "fsdp_tp", 2),
+        run(one_device_mesh, "dp", 1, dict(remat="full", scan_layers=True)),
+    ):
+        # float32 sums in other orders (see the sharded and micro-batch tests above)
+        np.testing.assert_allclose(other[0], reference[0], rtol=1e-6)
+        np.testing.assert_allclose(other[1], reference[1], rtol=1e-5, atol=1e-5)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=2e-5),
+            reference[2],
+            other[2],
+        )
+
+
 def test_each_micro_batch_draws_its_own_dropout_masks(one_device_mesh):
     # Rows 2i and 2i + 1 of `doubled` are row i of `half`, so both of its micro-batches are
     # `half`. Micro-batch 0 draws the masks a whole-batch step on `half` draws; micro-batch 1

@@ -32,13 +32,19 @@ def tiny_config(**overrides) -> BertConfig:
 
 
 def tiny_classifier(
-    *, seed: int = 0, pooling: str = "mean", dropout_rate: float = 0.1, **overrides
+    *,
+    seed: int = 0,
+    pooling: str = "mean",
+    dropout_rate: float = 0.1,
+    num_labels: int = 2,
+    **overrides,
 ) -> SentimentClassifier:
     return SentimentClassifier(
         tiny_config(**overrides),
         pooling=pooling,
         dropout_rate=dropout_rate,
         rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+        num_labels=num_labels,
     )
 
 
