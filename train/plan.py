@@ -66,28 +66,6 @@ flags.DEFINE_float(
 )
 flags.mark_flags_as_required(["config", "topology"])
 
-COLUMNS = (
-    "shape",
-    "arguments",
-    "temporaries",
-    "peak",
-    "fits",
-    "headroom",
-    "flops/chip",
-    "model flops",
-    "roofline >=",
-    "MFU <=",
-    "compile",
-    "collectives (per step)",
-)
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [list(COLUMNS), *rows]) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
 
 def _overshoot_line(shape, chip, topology: str) -> str:
     from jaxsent.training.plan import describe_bytes
@@ -164,7 +142,7 @@ def main(argv):
                 "monotone in the batch: an unprobed larger batch may fit)"
             )
     shapes = planner.plan(all_shapes=FLAGS.all_shapes, train_batch=max_batch or None)
-    print(_table(plan_lib.summary_rows(shapes)))
+    print(plan_lib.summary_table(shapes))
     result = {
         "topology": FLAGS.topology,
         "chip": chip.name,
