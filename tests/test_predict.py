@@ -477,7 +477,7 @@ def test_k_classes_a_checkpoint_whose_classes_are_unknown_is_named(multiclass_ru
     config = json.loads((copy / "config.json").read_text())
     config["data"]["name"] = "reviews.csv"  # no known data set names the classes
     (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"does not fit a model of 2 classes .*no export/"):
+    with pytest.raises(ValueError, match=r"config describes \(2 classes: .*without export/"):
         load_trained(copy)
 
 

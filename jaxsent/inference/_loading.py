@@ -206,9 +206,9 @@ def _from_checkpoint(workdir: epath.Path) -> TrainedModel:
         )
     except ValueError as err:
         raise ValueError(
-            f"{os.fspath(workdir)}: its best checkpoint does not fit a model of "
-            f"{classes.num_classes} classes ({classes.describe()}), the classes its config "
-            f"and report name; the run has no export/ that records them ({err})"
+            f"{os.fspath(workdir)}: its best checkpoint does not fit the model its config "
+            f"describes ({classes.num_classes} classes: {classes.describe()}; without export/ "
+            f"a run's classes are known only from its config and final report): {err}"
         ) from err
     nnx.replace_by_pure_dict(state, arrays)
     model = nnx.merge(graphdef, rng_state, state)
