@@ -381,8 +381,93 @@ def padded_position_ids(input_ids: jax.Array, padding_idx: int) -> jax.Array:
     return jnp.cumsum(real, axis=1, dtype=jnp.int32) * real + padding_idx
 
 
+def _first_row_gradient_on_cpu(table: jax.Array, cotangent: jax.Array) -> jax.Array:
+    """The gradient the gather form had: `nnx.Embed`'s (cast the table, take rows 0; a
+    one-row table is broadcast), by its own transpose.
+
+    A gather's transpose is a scatter-add, which XLA:CPU runs token after token; a reduction
+    would sum them pairwise (its tree rewrite) and differ in the last bits. Kept on CPU so
+    that float32 training there stays bit-identical to the gather form.
+    """
+
+    def gather_form(table):
+        table = table.astype(cotangent.dtype)
+        if table.shape[0] == 1:
+            return jnp.broadcast_to(table, cotangent.shape)
+        return jnp.take(table, jnp.zeros(cotangent.shape[:-1], jnp.int32), axis=0)
+
+    _, vjp = jax.vjp(gather_form, table)
+    return vjp(cotangent)[0]
+
+
+def _first_row_gradient(table: jax.Array, cotangent: jax.Array) -> jax.Array:
+    """Row 0's gradient as one float32 column sum: no scatter, no atomics, no bf16 accumulation."""
+    row = jnp.sum(cotangent, axis=tuple(range(cotangent.ndim - 1)), dtype=jnp.float32)
+    return jnp.pad(row.astype(table.dtype)[None], ((0, table.shape[0] - 1), (0, 0)))
+
+
+@jax.custom_vjp
+def add_first_row(x: jax.Array, table: jax.Array) -> jax.Array:
+    """``x + table[0]`` in ``x``'s dtype: the token-type embedding of all-zero token types.
+
+    The same values as ``x + jnp.take(table, zeros).astype(x.dtype)``. Its gradient with respect
+    to ``table`` sums the cotangent over every token into row 0: on a GPU or TPU as one float32
+    reduction, where the gather's transpose was a scatter-add that every token of the batch sends
+    to the same row (a bfloat16 one under bfloat16 compute: 16,384 contended atomic adds per
+    column at 32 x 512, accumulated in bfloat16); on CPU as that scatter-add, in its order, so
+    float32 numerics there do not change (`jax.lax.platform_dependent`).
+
+    Args:
+      x: [..., H] activations, any float dtype.
+      table: [T, H] the token-type table (float32 parameters).
+
+    Returns:
+      [..., H] in ``x``'s dtype.
+    """
+    return x + table[0].astype(x.dtype)
+
+
+def _add_first_row_fwd(x, table):
+    return add_first_row(x, table), table
+
+
+def _add_first_row_bwd(table, cotangent):
+    grad = jax.lax.platform_dependent(
+        table,
+        cotangent,
+        cpu=_first_row_gradient_on_cpu,
+        default=_first_row_gradient,
+    )
+    return cotangent, grad
+
+
+add_first_row.defvjp(_add_first_row_fwd, _add_first_row_bwd)
+
+
 class BertEmbeddings(nnx.Module):
-    """word + position + token-type embeddings, LayerNorm, dropout."""
+    """word + position + token-type embeddings, LayerNorm, dropout.
+
+    The tables are float32 parameters (``nnx.Embed`` modules, for their checkpoint names). With
+    ``gather_free`` (the default) no table is gathered where the batch would share its rows in
+    the gradient's scatter, and every table's gradient is summed in float32 (issue 27;
+    docs/benchmarks.md "On a GPU"):
+
+    * word ids: taken from the float32 table and cast after, so the table's gradient is a
+      float32 scatter-add (``nnx.Embed`` casts the table first, which made it a bfloat16 one
+      under bfloat16 compute: rows shared by many tokens, such as padding, then accumulate in
+      bfloat16);
+    * token types ``None`` (all zeros, what the classifier passes): row 0 added to every token
+      (:func:`add_first_row`), no lookup; given token types: a one-hot product with the tiny
+      type table, whose gradient is a matmul rather than a scatter;
+    * positions: gathered like the word ids, from the float32 table (each of the L rows once
+      per sequence; see ``_embed`` for why not a slice).
+
+    The values are those of the gathers, bit for bit, in every dtype: a gather copies rows and
+    a one-hot product adds exact zeros to a single exact product. The gradients are the same
+    sums, in float32 and in another order (float32 on CPU: bit-identical but for given token
+    types). Setting ``gather_free = False`` gives the earlier program (``nnx.Embed`` gathers),
+    kept to measure the difference on a device.
+    """
 
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
         def embed(num, axes):
@@ -402,17 +487,50 @@ class BertEmbeddings(nnx.Module):
         self.layer_norm = _layer_norm(config, dtype, rngs)
         self.dropout = Dropout(config.hidden_dropout_prob, deterministic=True)
         self.padding_idx = config.pad_token_id if config.positions_from_ids else None
+        self.dtype = dtype
+        self.gather_free = True  # False: nnx.Embed's gathers, the earlier program (issue 27)
 
-    def __call__(self, input_ids, token_type_ids, *, deterministic=None, rngs=None):
-        """Args: input_ids, token_type_ids [B, L] int. Returns: [B, L, H]."""
-        length = input_ids.shape[1]
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        if self.padding_idx is None:
-            x = x + self.position_embeddings(jnp.arange(length))[None]
+    def __call__(self, input_ids, token_type_ids=None, *, deterministic=None, rngs=None):
+        """Args: input_ids [B, L] int; token_type_ids [B, L] int or None (all zeros).
+
+        Returns: [B, L, H] in the compute dtype.
+        """
+        if self.gather_free:
+            x = self._embed(input_ids, token_type_ids)
         else:
-            x = x + self.position_embeddings(padded_position_ids(input_ids, self.padding_idx))
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+            if self.padding_idx is None:
+                x = x + self.position_embeddings(jnp.arange(input_ids.shape[1]))[None]
+            else:
+                x = x + self.position_embeddings(padded_position_ids(input_ids, self.padding_idx))
         x = self.layer_norm(x)
         return sharding.constrain_batch(self.dropout(x, deterministic=deterministic, rngs=rngs))
+
+    def _embed(self, input_ids, token_type_ids):
+        """The sum of the three embeddings, in the order (word + type) + position."""
+        dtype = self.dtype
+        words = jnp.take(self.word_embeddings.embedding[...], input_ids, axis=0).astype(dtype)
+        types = self.token_type_embeddings.embedding[...]
+        if token_type_ids is None:
+            x = add_first_row(words, types)
+        else:
+            one_hot = jax.nn.one_hot(token_type_ids, types.shape[0], dtype=dtype)
+            # HIGHEST: a float32 product must not be rounded to bfloat16 passes (TPU) or TF32.
+            x = words + jnp.einsum(
+                "blt,th->blh", one_hot, types.astype(dtype), precision=jax.lax.Precision.HIGHEST
+            )
+        # Positions stay a gather (of float32 rows, cast after). BERT's are 0 .. L-1, so a slice
+        # would do, but its gradient, a sum over the batch, made XLA:GPU lay out the network's
+        # activations batch-minor ([L, H, B]; 21 more kernels in a 2-layer BERT-base 32 x 512
+        # H200 program, docs/benchmarks.md). The gather's gradient is the same sum, which XLA
+        # fuses into a scatter of L distinct rows: no row is shared, nothing contends.
+        table = self.position_embeddings.embedding[...]
+        if self.padding_idx is None:
+            return x + jnp.take(table, jnp.arange(input_ids.shape[1]), axis=0).astype(dtype)[None]
+        ids = padded_position_ids(input_ids, self.padding_idx)
+        return x + jnp.take(table, ids, axis=0).astype(dtype)
 
 
 class BertSelfAttention(nnx.Module):
@@ -433,6 +551,9 @@ class BertSelfAttention(nnx.Module):
         )
         self.attention_impl = attention_impl
         self.dropout = Dropout(config.attention_probs_dropout_prob, deterministic=True)
+        # The einsum path's q k^T in float32 (preferred_element_type) rather than the compute
+        # dtype: the earlier program, kept to measure it on a device (issue 27).
+        self.float32_scores = False
 
     def __call__(self, x, mask, *, deterministic=None, rngs=None):
         """Args: x [B, L, H]; mask [B, L] bool (True = real token). Returns: [B, L, H]."""
@@ -444,7 +565,12 @@ class BertSelfAttention(nnx.Module):
             # jax.nn.dot_product_attention has no dropout on the probabilities; HF applies
             # it in training, so this path spells the attention out (same math).
             scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], jnp.float32))
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+            # The scores in the compute dtype, the softmax in float32 (what autocast does): with
+            # float32 scores the backward's dQ and dK matmuls read float32 [B, h, L, L]
+            # operands under bfloat16 compute (issue 27). The same program in float32.
+            scores_dtype = jnp.float32 if self.float32_scores else None
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=scores_dtype)
+            logits = logits.astype(jnp.float32)
             logits = jnp.where(mask[:, None, None, :], logits * scale, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
             probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
@@ -743,8 +869,6 @@ class BertModel(nnx.Module):
                 "pass rngs=nnx.Rngs(dropout=...) or call model.eval()"
             )
         mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask != 0
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
         x = self.encoder(x, mask, deterministic=deterministic, rngs=rngs)
         pooled = None if self.pooler is None else jnp.tanh(self.pooler(x[:, 0]))

@@ -406,9 +406,18 @@ class ModernBertEmbeddings(nnx.Module):
         )
         self.norm = _layer_norm(config, dtype, rngs)
         self.dropout = Dropout(config.embedding_dropout, deterministic=True)
+        self.dtype = dtype
+        # Rows taken from the float32 table and cast after, so its gradient is a float32
+        # scatter-add, not nnx.Embed's bfloat16 one under bfloat16 compute (the same values;
+        # bert.BertEmbeddings); False: nnx.Embed, the earlier program (issue 27).
+        self.gather_free = True
 
     def __call__(self, input_ids, *, deterministic=None, rngs=None):
-        x = self.norm(self.tok_embeddings(input_ids))
+        if self.gather_free:
+            table = self.tok_embeddings.embedding[...]
+            x = self.norm(jnp.take(table, input_ids, axis=0).astype(self.dtype))
+        else:
+            x = self.norm(self.tok_embeddings(input_ids))
         return sharding.constrain_batch(self.dropout(x, deterministic=deterministic, rngs=rngs))
 
 
