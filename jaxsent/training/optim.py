@@ -6,11 +6,101 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxsent.models.bert import STACKED_LAYERS
 
 SCHEDULES = ("linear", "cosine", "constant")
+# How a non-finite update is skipped: "select" (`skip_nonfinite_updates`, the default) or
+# "cond" (`optax.apply_if_finite`, the earlier program); the same state and semantics.
+NONFINITE_GUARDS = ("select", "cond")
+
+
+def skip_nonfinite_updates(
+    inner: optax.GradientTransformation,
+    *,
+    max_consecutive_errors: int,
+    conditional_on_cpu: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """`optax.apply_if_finite` computed with selects instead of a `jax.lax.cond` (off CPU).
+
+    The same transformation: its state is optax's ``ApplyIfFiniteState`` (the same fields,
+    dtypes and counters, so checkpoints of either read as the other's), and an update whose
+    gradients hold a NaN or an infinity is skipped (zero updates, the inner state kept) until
+    more than ``max_consecutive_errors`` come in a row, when it is applied.
+
+    On a GPU or TPU the inner update is always computed and then selected, so the step's
+    program holds no conditional around the optimiser, whatever a compiler would make of one
+    (issue 27: XLA:GPU in jax 0.10.2 turns apply_if_finite's into selects itself; one it keeps
+    waits for its predicate on the host). Skipped updates are exact zeros and the previous
+    state; applied ones are the inner update's values, which XLA may fuse differently with
+    the selects around them: on CPU that moved an AdamW update by one ulp now and then, so
+    with ``conditional_on_cpu`` (the default) the update stays under apply_if_finite's
+    conditional there (`jax.lax.platform_dependent`) and CPU results are apply_if_finite's,
+    bit for bit.
+
+    Args:
+      inner: the transformation to guard.
+      max_consecutive_errors: how many non-finite updates in a row are skipped.
+      conditional_on_cpu: keep apply_if_finite's conditional on CPU; False selects there too.
+
+    Returns:
+      The guarded transformation.
+    """
+    inner = optax.with_extra_args_support(inner)
+
+    def init(params):
+        return optax.ApplyIfFiniteState(
+            notfinite_count=jnp.zeros([], jnp.int32),
+            last_finite=jnp.array(True, jnp.bool_),
+            total_notfinite=jnp.zeros([], jnp.int32),
+            inner_state=inner.init(params),
+        )
+
+    def update(updates, state, params=None, **extra_args):
+        isfinite = jnp.all(jnp.array([jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)]))
+        notfinite_count = jnp.where(
+            isfinite, jnp.zeros([], jnp.int32), optax.safe_increment(state.notfinite_count)
+        )
+        apply = jnp.logical_or(isfinite, notfinite_count > max_consecutive_errors)
+
+        def selected(updates, inner_state, params):
+            new_updates, new_inner_state = inner.update(updates, inner_state, params, **extra_args)
+
+            def pick(new, old):
+                return jax.lax.select(jnp.broadcast_to(apply, jnp.shape(new)), new, old)
+
+            return (
+                jax.tree.map(lambda u: pick(u, jnp.zeros_like(u)), new_updates),
+                jax.tree.map(pick, new_inner_state, inner_state),
+            )
+
+        def conditional(updates, inner_state, params):  # apply_if_finite's own
+            return jax.lax.cond(
+                apply,
+                lambda: inner.update(updates, inner_state, params, **extra_args),
+                lambda: (optax.tree.zeros_like(updates), inner_state),
+            )
+
+        arguments = (updates, state.inner_state, params)
+        if conditional_on_cpu:
+            new_updates, new_inner_state = jax.lax.platform_dependent(
+                *arguments, cpu=conditional, default=selected
+            )
+        else:
+            new_updates, new_inner_state = selected(*arguments)
+        new_state = optax.ApplyIfFiniteState(
+            notfinite_count=notfinite_count,
+            last_finite=isfinite,
+            total_notfinite=jnp.where(
+                isfinite, state.total_notfinite, optax.safe_increment(state.total_notfinite)
+            ),
+            inner_state=new_inner_state,
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def learning_rate_schedule(
@@ -56,14 +146,26 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(
-    config: Mapping[str, Any], *, total_steps: int
+    config: Mapping[str, Any], *, total_steps: int, nonfinite_guard: str = "select"
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW(+mask) after global-norm clipping, wrapped in `optax.apply_if_finite`.
+    """AdamW(+mask) after global-norm clipping, wrapped in a non-finite guard.
 
-    Non-finite updates are skipped by `apply_if_finite` (the optimiser state and parameters stay
-    untouched and its counters record the skip); the training loop stops the run after
-    `max_consecutive_nonfinite` skips in a row, before apply_if_finite would give up and apply one.
+    Non-finite updates are skipped by `skip_nonfinite_updates` (`optax.apply_if_finite`'s
+    semantics and state: the optimiser state and parameters stay untouched and its counters
+    record the skip); the training loop stops the run after `max_consecutive_nonfinite` skips in
+    a row, before the guard would give up and apply one.
+
+    Args:
+      config: the run's ``config.optim``.
+      total_steps: the schedule's length.
+      nonfinite_guard: ``"select"`` (`skip_nonfinite_updates`) or ``"cond"``
+        (`optax.apply_if_finite`, the earlier program, kept to measure it on a device).
+
+    Returns:
+      ``(transformation, learning-rate schedule)``.
     """
+    if nonfinite_guard not in NONFINITE_GUARDS:
+        raise ValueError(f"nonfinite_guard={nonfinite_guard!r}; expected one of {NONFINITE_GUARDS}")
     warmup_steps = int(config["warmup_steps"])
     if warmup_steps < 0:
         warmup_steps = int(round(float(config["warmup_fraction"]) * total_steps))
@@ -86,9 +188,10 @@ def make_optimizer(
             mask=weight_decay_mask,
         )
     )
-    tx = optax.apply_if_finite(
-        optax.chain(*chain),
-        # Larger than the loop's own limit, so the loop always stops first with a clear error.
-        max_consecutive_errors=int(config["max_consecutive_nonfinite"]) + 1,
-    )
+    # Larger than the loop's own limit, so the loop always stops first with a clear error.
+    max_errors = int(config["max_consecutive_nonfinite"]) + 1
+    if nonfinite_guard == "cond":
+        tx = optax.apply_if_finite(optax.chain(*chain), max_consecutive_errors=max_errors)
+    else:
+        tx = skip_nonfinite_updates(optax.chain(*chain), max_consecutive_errors=max_errors)
     return tx, schedule
