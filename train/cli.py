@@ -51,7 +51,15 @@ def result_lines(results: dict[str, Any]) -> list[str]:
     width = max(10, *map(len, keys))  # two classes: 10, as it always was
     return [f"{key:>{width}}: {results[key]:.4f}" for key in keys if key in results]
 
+
 EXIT_USER_ERROR = 2
+
+# XLA flags jaxsent's commands add for a run, each only where the user's own XLA_FLAGS does not
+# set it. Empty: no device run has yet shown a flag that makes the GPU train step faster
+# (issue 27; bench/bench_gpu_step.py measures candidates, e.g. --xla_gpu_enable_triton_gemm=false,
+# and docs/benchmarks.md "On a GPU" has the figures). A flag joins only with a measurement.
+GPU_XLA_FLAGS: tuple[str, ...] = ()
+
 # Errors a user causes and can fix; `jaxsent.training.config_check.ConfigError` is a ValueError.
 USER_ERRORS = (ValueError, FileNotFoundError, ModuleNotFoundError, ConnectionError, app.UsageError)
 
@@ -176,8 +184,25 @@ def _cuda_plugin_installed() -> bool:
         return False
 
 
+def xla_flags_with(current: str, defaults: tuple[str, ...]) -> str:
+    """An ``XLA_FLAGS`` value: ``current`` and each of ``defaults`` whose flag it does not set.
+
+    A flag is known by its name (``--name`` or ``--name=value``); the user's value always wins.
+    """
+
+    def name(token: str) -> str:
+        return token.lstrip("-").split("=", 1)[0]
+
+    present = {name(token) for token in current.split()}
+    added = [flag for flag in defaults if name(flag) not in present]
+    return " ".join([current.strip(), *added]).strip()
+
+
 def setup_process() -> None:
     """Logging and the XLA compilation cache for a command-line run (call once, in main)."""
+    # Before any backend starts: XLA reads XLA_FLAGS once, when the first one does.
+    if GPU_XLA_FLAGS:
+        os.environ["XLA_FLAGS"] = xla_flags_with(os.environ.get("XLA_FLAGS", ""), GPU_XLA_FLAGS)
     # Make `from configs import default` work in config files when run from the repository root.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
