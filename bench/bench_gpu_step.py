@@ -1,51 +1,71 @@
-"""Accelerator figures: jaxsent's bf16 train step vs transformers' PyTorch step on one GPU, its
-MFU, cuDNN attention (speed and agreement) and how well the planner's memory figure holds.
+"""Issue 27 on a GPU: where jaxsent's bf16 train step spends its device time, what each lead
+costs, and how it compares with PyTorch's step on the same card, in one run.
 
-Both frameworks run one full optimisation step per call on the same token ids, in train mode:
-forward with bfloat16 compute over float32 parameters, plain BCE (the library default), backward,
-global-norm clipping at 1.0 and AdamW over the same decay groups (`bench_train_step.OPTIM`).
+The first H200 runs found the step at half PyTorch eager's speed (docs/benchmarks.md "On a
+GPU"); the program compiled without a GPU showed leads, three of which the library has fixed,
+each kept behind a switch (bench/gpu_leads.py). One run, in this order, within ``--budget``:
 
-* JAX: ``jaxsent.training.steps.build_steps`` around a randomly initialised
-  ``SentimentClassifier`` (``pooling="cls"``: HF's tanh-pooler head), ``dtype=bfloat16``.
-  With attention-probability dropout on (HF's default 0.1) attention is the explicit einsum
-  form (``jax.nn.dot_product_attention`` has no dropout); with it off, ``attention_impl`` picks
-  XLA's fused attention or cuDNN's flash attention.
-* PyTorch: ``BertForSequenceClassification`` / ``ModernBertForSequenceClassification``
-  (``num_labels=1``, ``sdpa`` attention) under ``torch.autocast(bfloat16)``, fused AdamW,
-  eager (as HF Trainer runs it by default) and, where asked, ``torch.compile``.
+1. ``profile-bert-base``: `jax.profiler` traces 5 steps of jaxsent's default BERT-base
+   32 x 512 step; the device time by kernel (top 20: ms per step, share of the device time and
+   of the step's wall time) and by kernel family.
+2. Timing sections, each in alternating rounds in this process on this card:
+   ``bert-base`` (32 x 512) and ``minilm`` (32 x 256): ``jaxsent`` (the library's default
+   step), ``torch-eager``, ``before-issue-27`` (the program of the first runs) and
+   ``torch-compile``; ``bert-base-leads`` and ``minilm-leads``: ``jaxsent`` and each lead of
+   `gpu_leads.LEADS` alone (three fixes switched back, Triton GEMM off, ``unsafe_rbg``
+   dropout keys); ``modernbert-base`` (32 x 512) if time remains.
 
-Timing: each contender compiles / warms up first; then rounds of ``--steps`` steps alternate
-between the contenders of a row, the device synchronised at the end of each round; the median
-round gives s/step. MFU = the step's analytic model FLOPs (`jaxsent.training.plan.model_flops`,
-padding included, no recomputation) / s/step / peak: the data sheet's 989 TFLOP/s dense bf16 and
-the 8192^3 bf16 matmul rate measured in the same run.
+jaxsent's contenders are the run's own step (`gpu_leads.train_steps`: what ``python -m train``
+compiles for the config: its model, loss, optimiser, sharding rules) from
+configs/bert_base_imdb.py (``model.name=bert-base`` or ``modernbert-base``) and
+configs/imdb_minilm.py (MiniLM-L6's architecture), with bfloat16 compute, whole batches of 32
+(``train.micro_batch_size=0``, as PyTorch's) and random weights (no checkpoint travels to the
+device; speed does not depend on them). PyTorch: transformers' ``*ForSequenceClassification``
+(``num_labels=1``, ``sdpa``) under ``torch.autocast(bfloat16)``, BCE, backward, clipping at 1.0,
+fused AdamW; eager, and ``torch.compile``. Both take the same token ids (random, IMDB-like
+lengths: `bench_train_step.random_batch`).
 
-    python bench/bench_gpu_step.py --out results.jsonl            # every section
-    python bench/bench_gpu_step.py --smoke                          # tiny model, seconds
+Timing: every contender compiles and warms up first; then ``--rounds`` rounds of ``--steps``
+steps alternate between a section's contenders, the device synchronised after each round.
+Rows (JSON lines, ``--out``, written as each section ends): ``section``, ``contender``,
+``batch``, ``length``, ``s_per_step`` (the median round), ``min_s_per_step``, every round, the
+compile time, MFU (analytic model FLOPs, `jaxsent.training.plan.model_flops`, over the data
+sheet's 989 TFLOP/s dense bf16 and over an 8192^3 bf16 matmul measured in the same run).
 
-Sections run in order and stop starting new ones after ``--budget`` seconds; each writes its
-rows to ``--out`` (JSON lines) as it finishes, so a run cut short keeps what it measured. Besides
-the speed rows: ``profile-bert-base`` (device time by kernel name from a `jax.profiler` trace),
-``attention-grad`` (`jax.nn.dot_product_attention` alone, bf16 XLA and cuDNN against float32
-XLA) and ``cudnn-agreement-*`` (the whole encoder's hidden states and parameter gradients, each
-bf16 attention path against float32 XLA attention).
+Budget: no contender is built once ``--budget`` seconds have passed, or when its estimated
+build would pass it (then the section times what it has); later sections are skipped, each with
+a row saying so. ``--sections`` runs some only (a second call on the same warm machine reuses
+the compiled programs from ``--cache-dir``).
 
-On a GPU machine with its own jax/torch stack and no network, the library's other imports come
-as wheels (``datasets``, ``dill``, ``multiprocess``, ``ml_collections``) on ``PYTHONPATH``,
-with the repository root; docs/benchmarks.md has the runs.
+    python bench/bench_gpu_step.py --out docs/gpu/h100-issue27.jsonl   # on the GPU machine
+    python bench/bench_gpu_step.py --smoke                             # tiny models, any CPU
+
+On a GPU machine with its own jax and torch and no network, jaxsent's other imports come as
+wheels (``ml_collections``, ``datasets``, ``dill``, ``multiprocess``): docs/benchmarks.md "On a
+GPU" has the commands. ``--extra`` adds the earlier
+runs' checks of cuDNN attention (``attention-grad``, ``cudnn-agreement-bert``,
+``cudnn-agreement-modernbert``).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import glob
+import gzip
+import importlib.metadata
 import json
 import os
 import platform
+import re
+import runpy
 import statistics
 import sys
+import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.55")  # the rest for PyTorch
 
@@ -54,16 +74,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path[:0] = [BENCH, ROOT]  # gpu_leads, bench_train_step; configs (`from configs import ...`)
 from bench_train_step import OPTIM, random_batch  # noqa: E402
+from gpu_leads import DEFAULT, LEADS, Lead, train_steps  # noqa: E402
 
-from jaxsent import losses  # noqa: E402
+from jaxsent import sharding  # noqa: E402
 from jaxsent.models import loading  # noqa: E402
 from jaxsent.models.architectures import architecture_config  # noqa: E402
-from jaxsent.models.classifier import SentimentClassifier  # noqa: E402
-from jaxsent.training.optim import make_optimizer  # noqa: E402
 from jaxsent.training.plan import CHIPS, model_flops  # noqa: E402
-from jaxsent.training.steps import build_steps, trainable_filter  # noqa: E402
+from jaxsent.training.steps import abstract_batch  # noqa: E402
 
 PEAK_FLOPS = CHIPS["h200"].peak_flops  # dense bf16, the data sheet's (same for the H100 SXM)
 GiB = 2**30
@@ -93,48 +114,100 @@ def raw_config(name: str, **overrides) -> dict:
     return dict(raw, **overrides)
 
 
+# --- the models: the run's config for each ---------------------------------------------------
+
+
+class Model:
+    """One model of the run: its run config (as ``python -m train`` reads it) and HF config.
+
+    Args:
+      name: the section's model name.
+      config_file: the run config it starts from (``configs/...``).
+      raw: the architecture's ``config.json`` dict (PyTorch builds from it; jaxsent reads it
+        from a folder, as it reads a checkpoint's, unless ``architecture`` names it).
+      shape: (batch, length).
+      architecture: a named architecture of `jaxsent.models.architectures` for
+        ``model.name``, else a folder holding ``raw`` as config.json.
+    """
+
+    def __init__(self, name, config_file, raw, shape, architecture=None):
+        self.name, self.config_file, self.raw, self.shape = name, config_file, raw, shape
+        self.architecture = architecture
+
+    def config(self):
+        """The run config: bfloat16 compute, whole batches of ``shape``."""
+        config = runpy.run_path(os.path.join(ROOT, self.config_file))["get_config"]()
+        model_name = self.architecture
+        if model_name is None:
+            model_name = tempfile.mkdtemp(prefix=f"jaxsent-{self.name}-")
+            with open(os.path.join(model_name, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(self.raw, f)
+        config.model.name = model_name
+        config.model.dtype = "bfloat16"
+        config.train.global_batch_size, config.data.max_length = self.shape
+        config.train.micro_batch_size = 0
+        return config
+
+
+MODELS = {
+    "bert-base": Model(
+        "bert-base", "configs/bert_base_imdb.py", raw_config("bert-base"), (32, 512), "bert-base"
+    ),
+    "minilm": Model("minilm", "configs/imdb_minilm.py", raw_config("minilm"), (32, 256)),
+    "modernbert-base": Model(
+        "modernbert-base",
+        "configs/bert_base_imdb.py",
+        raw_config("modernbert-base"),
+        (32, 512),
+        "modernbert-base",
+    ),
+    "tiny": Model("tiny", "configs/imdb_minilm.py", raw_config("tiny"), (4, 64)),
+    "tiny-modernbert": Model(
+        "tiny-modernbert", "configs/imdb_minilm.py", raw_config("tiny-modernbert"), (4, 64)
+    ),
+}
+
+
 # --- contenders: each returns (step(), sync(), info) -----------------------------------------
 
+Contender = tuple[Callable[[], None], Callable[[], float], dict]
 
-def jax_contender(
-    raw: dict,
-    batch: dict,
-    *,
-    attention_impl: str | None,
-    ahead: bool = True,
-    dtype=jnp.bfloat16,
-    pooling: str = "cls",
-):
-    config = loading.config_from_hf(raw)
-    rngs = nnx.Rngs(params=0, dropout=1)
-    encoder = loading.make_encoder(config, dtype=dtype, rngs=rngs, attention_impl=attention_impl)
-    model = SentimentClassifier(config, pooling=pooling, dtype=dtype, rngs=rngs, encoder=encoder)
-    tx, _ = make_optimizer(OPTIM, total_steps=10_000)
-    optimizer = nnx.Optimizer(model, tx, wrt=trainable_filter(model))
-    steps, state = build_steps(
-        model, optimizer, loss_fn=losses.get_loss("bce"), dropout_key=jax.random.key(0)
+
+def device_batch(model: Model, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """The random batch with the dtypes and placement the run's steps take."""
+    batch_size, length = model.shape
+    batch = random_batch(model.raw["vocab_size"], batch_size, length, seed=0)
+    spec = abstract_batch(batch_size, length, mesh)
+    return {
+        key: jax.device_put(np.asarray(batch[key], struct.dtype), struct.sharding)
+        for key, struct in spec.items()
+    }
+
+
+def jaxsent_contender(model: Model, lead: Lead) -> Contender:
+    """The run's train step for ``model`` with ``lead`` applied, compiled ahead (as
+    `StepFunctions.compile_ahead` does), random weights."""
+    config = model.config()
+    mesh = sharding.make_mesh(
+        data=config.mesh.data, model=config.mesh.model, devices=jax.local_devices()[:1]
     )
-    device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    steps, state = train_steps(config, mesh, lead, abstract=False)
+    batch = device_batch(model, mesh)
     start = time.perf_counter()
-    compiled = steps.train_step_fn.lower(state, steps.rng_state, device_batch).compile()
-    info = {"compile_s": round(time.perf_counter() - start, 1)}
-    if ahead:  # `train_step` runs this executable (compile_ahead's path); else jax.jit's own
-        done = concurrent.futures.Future()
-        done.set_result(compiled)
-        steps.ahead[("train", *device_batch["input_ids"].shape)] = done
+    with jax.set_mesh(mesh):
+        lowered = steps.train_step_fn.lower(state, steps.rng_state, batch)
+        compiled = lowered.compile(dict(lead.compiler_options) or None)
+    info: dict[str, Any] = {"compile_s": round(time.perf_counter() - start, 1), "lead": lead.about}
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    done.set_result(compiled)
+    steps.ahead[("train", *batch["input_ids"].shape)] = done
     memory = compiled.memory_analysis()
     if memory is not None:
-        info["memory_analysis_bytes"] = {
-            "arguments": memory.argument_size_in_bytes,
-            "outputs": memory.output_size_in_bytes,
-            "aliased": memory.alias_size_in_bytes,
-            "temporaries": memory.temp_size_in_bytes,
-            "code": memory.generated_code_size_in_bytes,
-        }
+        info["temporaries_bytes"] = int(memory.temp_size_in_bytes)
     holder = {"state": state, "metrics": None}
 
     def step():
-        holder["state"], holder["metrics"] = steps.train_step(holder["state"], device_batch)
+        holder["state"], holder["metrics"] = steps.train_step(holder["state"], batch)
 
     def sync():
         jax.block_until_ready(holder["metrics"])
@@ -143,7 +216,255 @@ def jax_contender(
     return step, sync, info
 
 
-def torch_contender(raw: dict, batch: dict, *, compile_model: bool):
+# --- measurement ----------------------------------------------------------------------------
+
+
+def time_row(contenders: dict[str, Contender], *, warmup: int, steps: int, rounds: int) -> dict:
+    """Median s/step per contender over alternating rounds of `steps` steps."""
+    for step, sync, info in contenders.values():
+        start = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        info["last_loss"] = sync()
+        info["warmup_s"] = round(time.perf_counter() - start, 1)
+    rounds_s: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (step, sync, info) in contenders.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            dispatched = time.perf_counter()
+            info["last_loss"] = sync()
+            rounds_s[name].append((time.perf_counter() - start) / steps)
+            # Host seconds per step before the device caught up: ~s/step means host-bound.
+            info.setdefault("host_dispatch_s_per_step", []).append(
+                round((dispatched - start) / steps, 5)
+            )
+    return rounds_s
+
+
+def matmul_tflops() -> float:
+    """Measured bf16 matmul rate, 8192^3, the MFU's second ceiling."""
+    n = 8192
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    mm = jax.jit(lambda x, y: x @ y)
+    mm(a, b).block_until_ready()
+    start, reps = time.perf_counter(), 50
+    for _ in range(reps):
+        out = mm(a, b)
+    out.block_until_ready()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+class Report:
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def add(self, row: dict) -> None:
+        print(json.dumps(row), flush=True)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class Budget:
+    """Seconds since the start; whether a build estimated at ``seconds`` still fits."""
+
+    def __init__(self, limit: float):
+        self.limit, self.start = limit, time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def allows(self, seconds: float) -> bool:
+        return self.elapsed + seconds <= self.limit
+
+
+# Seconds a build takes (a first guess, then the last measured one per model and kind).
+FIRST_GUESS_S = {"jaxsent": 40.0, "torch-eager": 10.0, "torch-compile": 60.0}
+
+
+class Run:
+    """The contenders built so far, shared by the sections (jaxsent's default step is compiled
+    once per model and timed in each of its sections)."""
+
+    def __init__(self, args, report: Report, budget: Budget, matmul: float):
+        self.args, self.report, self.budget, self.matmul = args, report, budget, matmul
+        self.built: dict[tuple[str, str], Contender] = {}
+        self.cost: dict[tuple[str, str], float] = {}
+        self.out_of_time = False
+        self.skip_reason = ""
+
+    def contender(self, model: Model, name: str) -> Contender | None:
+        key = (model.name, name)
+        if key in self.built:
+            return self.built[key]
+        kind = name if name.startswith("torch") else "jaxsent"
+        estimate = self.cost.get((model.name, kind), FIRST_GUESS_S[kind])
+        if self.out_of_time or not self.budget.allows(estimate):
+            if not self.out_of_time:
+                self.skip_reason = (
+                    f"budget: {self.budget.elapsed:.0f} s spent; building {name} for "
+                    f"{model.name} (about {estimate:.0f} s) would pass {self.budget.limit:.0f} s"
+                )
+            self.out_of_time = True
+            return None
+        start = time.perf_counter()
+        if name == "torch-eager":
+            built = torch_contender(model.raw, model, compile_model=False)
+        elif name == "torch-compile":
+            built = torch_contender(model.raw, model, compile_model=True)
+        else:
+            built = jaxsent_contender(model, DEFAULT if name == DEFAULT.name else LEADS[name])
+        self.cost[(model.name, kind)] = time.perf_counter() - start
+        if kind == "torch-compile":
+            self.cost[(model.name, kind)] += 30.0  # its compile happens in the first steps
+        self.built[key] = built
+        return built
+
+    def drop(self, model: Model, keep: tuple[str, ...] = (DEFAULT.name,)) -> None:
+        """Frees a model's contenders but ``keep`` (device memory for the next sections)."""
+        for key in [k for k in self.built if k[0] == model.name and k[1] not in keep]:
+            del self.built[key]
+        try:
+            import torch
+
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 (no torch, or no CUDA)
+            pass
+
+    def speed_section(self, label: str, model: Model, names: list[str]) -> None:
+        contenders = {}
+        for name in names:
+            try:
+                built = self.contender(model, name)
+            except Exception as err:  # one contender's failure must not lose the others'
+                traceback.print_exc()
+                error = f"{type(err).__name__}: {err}"[:2000]
+                self.report.add({"section": label, "contender": name, "error": error})
+                continue
+            if built is None:
+                self.report.add({"section": label, "contender": name, "skipped": self.skip_reason})
+                continue
+            contenders[name] = built
+        if not contenders:
+            return
+        args = self.args
+        rounds_s = time_row(contenders, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+        batch_size, length = model.shape
+        config = loading.config_from_hf(model.raw)
+        flops = model_flops(config, step="train", global_batch=batch_size, length=length)
+        medians = {name: statistics.median(t) for name, t in rounds_s.items()}
+        for name, rounds in rounds_s.items():
+            info = {k: v for k, v in contenders[name][2].items() if k != "host_dispatch_s_per_step"}
+            info["host_dispatch_s_per_step"] = contenders[name][2].pop(
+                "host_dispatch_s_per_step", []
+            )
+            self.report.add(
+                {
+                    "section": label,
+                    "contender": name,
+                    "batch": batch_size,
+                    "length": length,
+                    "s_per_step": round(medians[name], 5),
+                    "min_s_per_step": round(min(rounds), 5),
+                    "rounds_s_per_step": [round(t, 5) for t in rounds],
+                    "steps_per_round": args.steps,
+                    # s/step over jaxsent's in the same rounds: below 1 is faster than jaxsent.
+                    "vs_jaxsent": round(medians[name] / medians[DEFAULT.name], 3)
+                    if DEFAULT.name in medians
+                    else None,
+                    "model_tflops_per_step": round(flops / 1e12, 3),
+                    "mfu_datasheet": round(flops / medians[name] / PEAK_FLOPS, 4),
+                    "mfu_measured_matmul": round(flops / medians[name] / (self.matmul * 1e12), 4),
+                    **info,
+                }
+            )
+        stats = jax.local_devices()[0].memory_stats() or {}
+        self.report.add(
+            {
+                "section": label,
+                "jax_peak_bytes_in_use_so_far": stats.get("peak_bytes_in_use"),
+                "elapsed_s": round(self.budget.elapsed, 1),
+            }
+        )
+
+
+def _family(name: str) -> str:
+    """A kernel's family: its name less numeric suffixes (``loop_add_fusion_12`` ->
+    ``loop_add_fusion``)."""
+    previous = None
+    while previous != name:
+        previous, name = name, re.sub(r"([._]\d+)+$", "", name)
+    return name
+
+
+def profile_section(run: Run, label: str, model: Model, *, steps: int = 5, top: int = 20):
+    """Where jaxsent's default step spends its device time: a `jax.profiler` trace of a few
+    steps, the device's events summed by name (the trace stays on the machine that ran it)."""
+    built = run.contender(model, DEFAULT.name)
+    if built is None:
+        run.report.add({"section": label, "skipped": run.skip_reason})
+        return
+    step, sync, _ = built
+    for _ in range(3):
+        step()
+    sync()
+    log_dir = tempfile.mkdtemp(prefix="jaxsent-profile-")
+    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        wall_ms = (time.perf_counter() - start) / steps * 1e3
+    (path,) = glob.glob(f"{log_dir}/**/perfetto_trace.json.gz", recursive=True)
+    with gzip.open(path, "rt") as f:
+        events = json.load(f)["traceEvents"]
+    processes = {
+        e["pid"]: e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    device_pids = {pid for pid, name in processes.items() if "GPU" in name or "TPU" in name}
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("ph") == "X" and (not device_pids or e["pid"] in device_pids):
+            totals[e["name"]] = totals.get(e["name"], 0.0) + e.get("dur", 0.0)
+    families: dict[str, float] = {}
+    for name, us in totals.items():
+        families[_family(name)] = families.get(_family(name), 0.0) + us
+    device_ms = sum(totals.values()) / steps / 1e3
+
+    def table(sums: dict[str, float]) -> list[list]:
+        ranked = sorted(sums.items(), key=lambda kv: -kv[1])[:top]
+        return [
+            [name[:120], round(us / steps / 1e3, 3), round(us / steps / 1e3 / device_ms, 4),
+             round(us / steps / 1e3 / wall_ms, 4)]
+            for name, us in ranked
+        ]  # fmt: skip
+
+    run.report.add(
+        {
+            "section": label,
+            "contender": DEFAULT.name,
+            "batch": model.shape[0],
+            "length": model.shape[1],
+            "steps": steps,
+            "device_processes": sorted(processes[pid] for pid in device_pids),
+            "step_wall_ms_traced": round(wall_ms, 3),
+            "device_event_ms_per_step": round(device_ms, 3),
+            "kernels": len(totals),
+            "columns": ["name", "ms_per_step", "share_of_device_time", "share_of_step"],
+            "top_kernels": table(totals),
+            "top_families": table(families),
+        }
+    )
+
+
+def torch_contender(raw: dict, model: Model, *, compile_model: bool) -> Contender:
     import torch
     import transformers
 
@@ -152,11 +473,11 @@ def torch_contender(raw: dict, batch: dict, *, compile_model: bool):
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: --smoke on a laptop
     fields = {k: v for k, v in raw.items() if k != "model_type"}
     hf_config = transformers.AutoConfig.for_model(raw["model_type"], num_labels=1, **fields)
-    model = transformers.AutoModelForSequenceClassification.from_config(
+    hf_model = transformers.AutoModelForSequenceClassification.from_config(
         hf_config, attn_implementation="sdpa"
     ).to(device)
-    model.train()
-    params = list(model.parameters())
+    hf_model.train()
+    params = list(hf_model.parameters())
     optimizer = torch.optim.AdamW(
         [
             {"params": [p for p in params if p.ndim > 1], "weight_decay": OPTIM["weight_decay"]},
@@ -167,7 +488,8 @@ def torch_contender(raw: dict, batch: dict, *, compile_model: bool):
         eps=OPTIM["eps"],
         fused=device == "cuda",
     )
-    forward = torch.compile(model) if compile_model else model
+    forward = torch.compile(hf_model) if compile_model else hf_model
+    batch = random_batch(raw["vocab_size"], *model.shape, seed=0)
     ids = torch.tensor(batch["input_ids"], dtype=torch.long, device=device)
     mask = torch.tensor(batch["attention_mask"], dtype=torch.long, device=device)
     labels = torch.tensor(batch["labels"], dtype=torch.float32, device=device)
@@ -188,110 +510,10 @@ def torch_contender(raw: dict, batch: dict, *, compile_model: bool):
             torch.cuda.synchronize()
         return float(holder["loss"])
 
-    info = {"torch": torch.__version__, "transformers": transformers.__version__}
-    return step, sync, info
+    return step, sync, {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
-# --- measurement ----------------------------------------------------------------------------
-
-
-def time_row(contenders: dict, *, warmup: int, steps: int, rounds: int) -> dict:
-    """Median s/step per contender over alternating rounds of `steps` steps."""
-    for step, sync, info in contenders.values():
-        start = time.perf_counter()
-        for _ in range(warmup):
-            step()
-        info["last_loss"] = sync()
-        info["warmup_s"] = round(time.perf_counter() - start, 1)
-    rounds_s = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, (step, sync, info) in contenders.items():
-            sync()
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            dispatched = time.perf_counter()
-            info["last_loss"] = sync()
-            rounds_s[name].append((time.perf_counter() - start) / steps)
-            # Host seconds per step before the device caught up: ~s/step means host-bound.
-            info.setdefault("host_dispatch_s_per_step", []).append(
-                round((dispatched - start) / steps, 5)
-            )
-    return {name: (statistics.median(t), t) for name, t in rounds_s.items()}
-
-
-def matmul_tflops() -> float:
-    """Measured bf16 matmul rate, 8192^3, the MFU's second ceiling."""
-    n = 8192
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
-    mm = jax.jit(lambda x, y: x @ y)
-    mm(a, b).block_until_ready()
-    start, reps = time.perf_counter(), 50
-    for _ in range(reps):
-        out = mm(a, b)
-    out.block_until_ready()
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
-
-
-class Report:
-    def __init__(self, path: str | None):
-        self.path = path
-        self.rows: list[dict] = []
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        print(json.dumps(row), flush=True)
-        if self.path:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
-
-def speed_section(report, label, raw, shape, contenders_spec, *, args, matmul):
-    batch_size, length = shape
-    vocab = raw["vocab_size"]
-    batch = random_batch(vocab, batch_size, length, seed=0)
-    config = loading.config_from_hf(raw)
-    flops = model_flops(config, step="train", global_batch=batch_size, length=length)
-    contenders = {}
-    for name, build in contenders_spec:
-        contenders[name] = build(raw, batch)
-    timings = time_row(contenders, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
-    peak = jax.local_devices()[0].memory_stats() or {}
-    for name, (median, all_rounds) in timings.items():
-        info = contenders[name][2]
-        report.add(
-            {
-                "section": label,
-                "contender": name,
-                "batch": batch_size,
-                "length": length,
-                "real_token_fraction": round(float(batch["attention_mask"].mean()), 3),
-                "s_per_step": round(median, 5),
-                "rounds_s_per_step": [round(t, 5) for t in all_rounds],
-                "tokens_per_s": round(batch_size * length / median),
-                "model_tflops_per_step": round(flops / 1e12, 3),
-                "mfu_datasheet": round(flops / median / PEAK_FLOPS, 4),
-                "mfu_measured_matmul": round(flops / median / (matmul * 1e12), 4),
-                **info,
-            }
-        )
-    report.add(
-        {
-            "section": label,
-            "jax_peak_bytes_in_use_so_far": peak.get("peak_bytes_in_use"),
-            "jax_bytes_limit": peak.get("bytes_limit"),
-        }
-    )
-    names = list(timings)
-    if len(names) > 1:
-        base = timings[names[0]][0]
-        report.add(
-            {
-                "section": label,
-                "ratios_vs_" + names[0]: {n: round(timings[n][0] / base, 3) for n in names[1:]},
-            }
-        )
+# --- the first runs' checks of cuDNN attention (--extra) ---------------------------------------
 
 
 def cudnn_agreement(report, label, raw, shape, impls=("xla", "einsum", "cudnn")):
@@ -399,144 +621,123 @@ def attention_grad_check(report, label, shape, impls):
         )
 
 
-def profile_section(report, label, raw, shape, *, steps: int = 5, top: int = 25, **model_kw):
-    """Where the JAX step's device time goes: a `jax.profiler` trace of a few steps, its
-    device events summed by name (the trace itself stays on the machine that ran it)."""
-    import glob
-    import gzip
-    import tempfile
+# --- the run ---------------------------------------------------------------------------------
 
-    batch_size, length = shape
-    batch = random_batch(raw["vocab_size"], batch_size, length, seed=0)
-    step, sync, _ = jax_contender(raw, batch, attention_impl=None, **model_kw)
-    for _ in range(3):
-        step()
-    sync()
-    log_dir = tempfile.mkdtemp(prefix="jaxsent-profile-")
-    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
-        for _ in range(steps):
-            step()
-        sync()
-    (path,) = glob.glob(f"{log_dir}/**/perfetto_trace.json.gz", recursive=True)
-    with gzip.open(path, "rt") as f:
-        events = json.load(f)["traceEvents"]
-    processes = {
-        e["pid"]: e["args"]["name"]
-        for e in events
-        if e.get("ph") == "M" and e.get("name") == "process_name"
-    }
-    device_pids = {pid for pid, name in processes.items() if "GPU" in name or "TPU" in name}
-    totals: dict[str, float] = {}
-    for e in events:
-        if e.get("ph") == "X" and (not device_pids or e["pid"] in device_pids):
-            totals[e["name"]] = totals.get(e["name"], 0.0) + e.get("dur", 0.0)
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
-    total_us = sum(totals.values())
-    report.add(
-        {
-            "section": label,
-            "steps": steps,
-            "device_processes": sorted(processes[pid] for pid in device_pids),
-            "event_ms_per_step_total": round(total_us / steps / 1e3, 3),
-            "top_events_ms_per_step": [
-                [n[:120], round(t / steps / 1e3, 3)] for n, t in ranked[:top]
-            ],
-        }
-    )
+CORE = [DEFAULT.name, "torch-eager", "before-issue-27", "torch-compile"]
+ALONE = [DEFAULT.name, *(name for name in LEADS if name != "before-issue-27")]
+# (section, model, contenders or "profile"), in order of importance: a run cut short by the
+# budget keeps the first.
+SECTIONS = [
+    ("profile-bert-base", "bert-base", "profile"),
+    ("bert-base", "bert-base", CORE),
+    ("minilm", "minilm", CORE),
+    ("bert-base-leads", "bert-base", ALONE),
+    ("minilm-leads", "minilm", ALONE),
+    ("modernbert-base", "modernbert-base", [DEFAULT.name, "torch-eager", "before-issue-27"]),
+]
+SMOKE_SECTIONS = [
+    ("profile-tiny", "tiny", "profile"),
+    ("tiny", "tiny", CORE[:3]),
+    ("tiny-leads", "tiny", ALONE),
+    ("tiny-modernbert", "tiny-modernbert", [DEFAULT.name, "torch-eager", "before-issue-27"]),
+]
+EXTRAS = {  # the first runs' cuDNN checks: (section, raw config, shape, kind)
+    "attention-grad": ("attention-grad", None, (8, 512), "attention"),
+    "cudnn-agreement-bert": (
+        "cudnn-agreement-bert",
+        raw_config("bert-base", attention_probs_dropout_prob=0.0),
+        (8, 512),
+        "agreement",
+    ),
+    "cudnn-agreement-modernbert": (
+        "cudnn-agreement-modernbert",
+        raw_config("modernbert-base"),
+        (4, 1024),
+        "agreement",
+    ),
+}
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax",
+                 "torch", "transformers"):  # fmt: skip
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="append JSON lines here")
-    parser.add_argument("--smoke", action="store_true", help="tiny model, every code path")
-    parser.add_argument("--steps", type=int, default=30, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny models, every code path")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (>= 5 for a median)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--budget", type=float, default=420, help="seconds; no section after")
-    parser.add_argument("--skip", nargs="*", default=[], help="section names to leave out")
+    parser.add_argument(
+        "--budget", type=float, default=270, help="seconds; no contender is built after"
+    )
+    parser.add_argument("--sections", nargs="*", help="run these sections only")
+    parser.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRAS))
+    parser.add_argument(
+        "--cache-dir",
+        default=os.path.join(tempfile.gettempdir(), "jaxsent-gpu-bench-cache"),
+        help="jax's persistent compilation cache on a GPU ('' for none): a second call on the "
+        "same machine reuses the programs",
+    )
     args = parser.parse_args(argv)
     report = Report(args.out)
-    started = time.perf_counter()
+    budget = Budget(args.budget)
     on_gpu = jax.default_backend() == "gpu"
+    if on_gpu and args.cache_dir:
+        jax.config.update("jax_compilation_cache_dir", args.cache_dir)
     report.add(
         {
             "section": "environment",
-            "jax": jax.__version__,
             "backend": jax.default_backend(),
             "device": str(jax.devices()[0].device_kind),
             "python": platform.python_version(),
+            "versions": _versions(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
+            "args": vars(args),
         }
     )
     matmul = matmul_tflops() if on_gpu and not args.smoke else PEAK_FLOPS / 1e12
     report.add({"section": "matmul", "bf16_8192_tflops": round(matmul, 1)})
-
-    def jx(impl=None, ahead=True):
-        return lambda raw, batch: jax_contender(raw, batch, attention_impl=impl, ahead=ahead)
-
-    def pt(compile_model=False):
-        return lambda raw, batch: torch_contender(raw, batch, compile_model=compile_model)
-
-    no_drop = {"attention_probs_dropout_prob": 0.0}
-    if args.smoke:
-        sections = [
-            ("smoke", raw_config("tiny"), (4, 64), [("jax", jx()), ("torch", pt())]),
-            (
-                "smoke-no-attn-dropout",
-                raw_config("tiny", **no_drop),
-                (4, 64),
-                [("jax-xla", jx("xla"))] + ([("jax-cudnn", jx("cudnn"))] if on_gpu else []),
-            ),
-            (
-                "smoke-modernbert",
-                raw_config("tiny-modernbert"),
-                (4, 64),
-                [("jax-xla", jx("xla")), ("torch", pt())],
-            ),
-            ("smoke-agreement-bert", raw_config("tiny", **no_drop), (4, 256), None),
-            ("smoke-attention-grad", None, (2, 128), "attention"),
-            ("smoke-profile", raw_config("tiny"), (4, 64), "profile"),
-            ("smoke-agreement-modernbert", raw_config("tiny-modernbert"), (4, 256), None),
-        ]
-    else:
-        # In order of importance: a run cut short by --budget keeps the first.
-        sections = [
-            ("profile-bert-base", raw_config("bert-base"), (32, 512), "profile"),
-            ("attention-grad", None, (8, 512), "attention"),
-            ("cudnn-agreement-bert", raw_config("bert-base", **no_drop), (8, 512), None),
-            ("minilm-main-job-shape", raw_config("minilm"), (32, 256),
-             [("jax", jx()), ("jax-jit", jx(ahead=False)), ("torch-eager", pt())]),
-            ("bert-base-hf-dropout", raw_config("bert-base"), (32, 512),
-             [("jax", jx()), ("torch-eager", pt())]),
-            ("cudnn-agreement-modernbert", raw_config("modernbert-base"), (4, 1024), None),
-            ("modernbert-base", raw_config("modernbert-base"), (16, 1024),
-             [("jax-xla", jx("xla")), ("jax-cudnn", jx("cudnn")), ("torch-eager", pt())]),
-            ("bert-base-no-attn-dropout", raw_config("bert-base", **no_drop), (32, 512),
-             [("jax-xla", jx("xla")), ("jax-cudnn", jx("cudnn")), ("torch-eager", pt())]),
-            ("bert-base-torch-compile", raw_config("bert-base", **no_drop), (32, 512),
-             [("torch-compile", pt(compile_model=True))]),
-        ]  # fmt: skip
-    for label, raw, shape, spec in sections:
-        if label in args.skip:
+    run = Run(args, report, budget, matmul)
+    sections = SMOKE_SECTIONS if args.smoke else SECTIONS
+    for label, model_name, spec in sections:
+        if args.sections is not None and label not in args.sections:
             continue
-        elapsed = time.perf_counter() - started
-        if elapsed > args.budget:
-            report.add({"section": label, "skipped": f"budget spent ({elapsed:.0f} s)"})
-            continue
+        model = MODELS[model_name]
         try:
             if spec == "profile":
-                profile_section(report, label, raw, shape)
-            elif spec == "attention":
-                impls = ("xla", "cudnn-kv", "cudnn-qkv") if on_gpu else ("xla",)
-                attention_grad_check(report, label, shape, impls)
-            elif spec is None:
-                impls = ("xla", "einsum", "cudnn") if on_gpu else ("xla", "einsum")
-                cudnn_agreement(report, label, raw, shape, impls)
+                profile_section(run, label, model)
             else:
-                speed_section(report, label, raw, shape, spec, args=args, matmul=matmul)
+                run.speed_section(label, model, spec)
         except Exception as err:  # one section's failure must not lose the others' figures
             traceback.print_exc()
             report.add({"section": label, "error": f"{type(err).__name__}: {err}"[:2000]})
-        report.add({"section": label, "elapsed_s": round(time.perf_counter() - started, 1)})
+        run.drop(model)
+    for name in args.extra:
+        label, raw, shape, kind = EXTRAS[name]
+        if args.smoke:
+            raw = raw and raw_config("tiny-modernbert" if "modernbert" in name else "tiny")
+            shape = (2, 128)
+        try:
+            if kind == "attention":
+                impls = ("xla", "cudnn-kv", "cudnn-qkv") if on_gpu else ("xla",)
+                attention_grad_check(report, label, shape, impls)
+            else:
+                impls = ("xla", "einsum", "cudnn") if on_gpu else ("xla", "einsum")
+                cudnn_agreement(report, label, raw, shape, impls)
+        except Exception as err:
+            traceback.print_exc()
+            report.add({"section": label, "error": f"{type(err).__name__}: {err}"[:2000]})
+    report.add({"section": "end", "elapsed_s": round(budget.elapsed, 1)})
 
 
 if __name__ == "__main__":
