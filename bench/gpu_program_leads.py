@@ -46,7 +46,7 @@ from train.cli import run_cli, setup_process  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.")
-flags.DEFINE_string("topology", "h200:1", "A GPU topology of train.plan (h200:1, h100:1).")
+flags.DEFINE_string("topology", "h200:1", "A topology of train.plan (h200:1, h100:1, v5e:2x4).")
 flags.DEFINE_list("leads", ["jaxsent", "before-issue-27"], "Variants: jaxsent or gpu_leads.LEADS")
 flags.DEFINE_string("output", None, "Write the counts as JSON here.")
 flags.mark_flags_as_required(["config"])
@@ -200,7 +200,7 @@ def main(argv):
 
     from jaxsent import sharding
     from jaxsent.training.config_check import check_config
-    from jaxsent.training.plan import topology_devices
+    from jaxsent.training.plan import collectives, topology_devices
     from jaxsent.training.steps import abstract_arguments, abstract_batch
 
     config = FLAGS.config
@@ -238,7 +238,7 @@ def main(argv):
         seconds = time.perf_counter() - start
         heads = _heads(config)
         micro = result["micro_batch_size"] or batch_size
-        stablehlo = lowered.as_text()
+        stablehlo, hlo = lowered.as_text(), compiled.as_text()
         memory = compiled.memory_analysis()
         result["leads"][name] = {
             "about": lead.about,
@@ -251,9 +251,8 @@ def main(argv):
                     r"stablehlo\.scatter.*?\)\s*->\s*tensor<([0-9x]+x[a-z0-9]+)>", stablehlo, re.S
                 )
             ),
-            "optimised_hlo": hlo_counts(
-                compiled.as_text(), batch=micro, heads=heads, length=length
-            ),
+            "optimised_hlo": hlo_counts(hlo, batch=micro, heads=heads, length=length),
+            "collectives": collectives(hlo),
         }
         print(json.dumps({name: result["leads"][name]}, indent=1), flush=True)
     if FLAGS.output:

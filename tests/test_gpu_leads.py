@@ -200,11 +200,12 @@ def _scatter_results(text):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 def test_gpu_program_scatters_only_into_unshared_rows_in_float32(dtype):
     """The gradient program lowered for a GPU: float32 scatter-adds into the word and position
-    tables and none into the token-type table, whose row 0 every token shared. The gather form
-    scattered into all three, in the compute dtype."""
+    tables, none into the token-type table, whose row 0 every token shared. The gather form
+    scattered into all three, in the compute dtype; a TPU keeps its word and position scatters
+    (in the compute dtype, so its all-reduce of them stays as it was) but not the token type's."""
     config, ids, _, cotangent = _case("bert, token types None")
 
-    def program(gather_free):
+    def program(gather_free, platform="cuda"):
         module = _embeddings(config, dtype, gather_free=gather_free)
         graphdef, params = nnx.split(module)
 
@@ -215,10 +216,11 @@ def test_gpu_program_scatters_only_into_unshared_rows_in_float32(dtype):
 
             return jax.grad(scalar)(params)
 
-        return sorted(_scatter_results(_lowered_text(grads, params)))
+        return sorted(_scatter_results(_lowered_text(grads, params, platform=platform)))
 
-    assert program(True) == ["61x48xf32", "997x48xf32"]
     name = {jnp.float32: "f32", jnp.bfloat16: "bf16"}[dtype]
+    assert program(True) == ["61x48xf32", "997x48xf32"]
+    assert program(True, "tpu") == [f"61x48x{name}", f"997x48x{name}"]
     assert program(False) == sorted(f"{rows}x48x{name}" for rows in (997, 3, 61))
 
 

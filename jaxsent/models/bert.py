@@ -381,6 +381,56 @@ def padded_position_ids(input_ids: jax.Array, padding_idx: int) -> jax.Array:
     return jnp.cumsum(real, axis=1, dtype=jnp.int32) * real + padding_idx
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def embed_rows(table: jax.Array, ids: jax.Array, dtype) -> jax.Array:
+    """`nnx.Embed`'s lookup, ``jnp.take(table.astype(dtype), ids, axis=0)``, with its gradient
+    summed in float32 on a GPU.
+
+    A gather's gradient is a scatter-add of the cotangent into the table, in the compute dtype,
+    which XLA:GPU runs with atomic adds: under bfloat16 compute scalar bfloat16 ones (in the H200
+    program), rows that many tokens share (padding, [CLS], frequent words) accumulating in
+    bfloat16. On a GPU the gradient is a float32 scatter-add instead (4-wide float32 atomics),
+    of the same sums. CPU and TPU keep the gather's own gradient (`jax.lax.platform_dependent`):
+    float32 training on CPU stays bit-identical, and a TPU program is unchanged (its
+    data-parallel all-reduce of the table's gradient stays bfloat16, as every other gradient's
+    is there; float32 would add the table's size to it).
+
+    Args:
+      table: [V, H] float32 parameters.
+      ids: integer row indices, any shape.
+      dtype: the compute dtype.
+
+    Returns:
+      ``[*ids.shape, H]`` in ``dtype``.
+    """
+    return jnp.take(table.astype(dtype), ids, axis=0)
+
+
+def _embed_rows_fwd(table, ids, dtype):
+    return embed_rows(table, ids, dtype), (table, ids)
+
+
+def _embed_rows_bwd(dtype, residuals, cotangent):
+    table, ids = residuals
+
+    def gather_form(table, ids, cotangent):
+        _, vjp = jax.vjp(lambda table: jnp.take(table.astype(dtype), ids, axis=0), table)
+        return vjp(cotangent)[0]
+
+    def float32_sum(table, ids, cotangent):
+        zeros = jnp.zeros(table.shape, jnp.float32)
+        grad = zeros.at[ids].add(cotangent.astype(jnp.float32), mode="drop")
+        return grad.astype(table.dtype)
+
+    grad = jax.lax.platform_dependent(
+        table, ids, cotangent, cpu=gather_form, tpu=gather_form, default=float32_sum
+    )
+    return grad, None
+
+
+embed_rows.defvjp(_embed_rows_fwd, _embed_rows_bwd)
+
+
 def _first_row_gradient_on_cpu(table: jax.Array, cotangent: jax.Array) -> jax.Array:
     """The gradient the gather form had: `nnx.Embed`'s (cast the table, take rows 0; a
     one-row table is broadcast), by its own transpose.
@@ -448,25 +498,21 @@ class BertEmbeddings(nnx.Module):
     """word + position + token-type embeddings, LayerNorm, dropout.
 
     The tables are float32 parameters (``nnx.Embed`` modules, for their checkpoint names). With
-    ``gather_free`` (the default) no table is gathered where the batch would share its rows in
-    the gradient's scatter, and every table's gradient is summed in float32 (issue 27;
-    docs/benchmarks.md "On a GPU"):
+    ``gather_free`` (the default) the token-type table is not gathered, and no gradient of a
+    table is a scatter-add in bfloat16 on a GPU (issue 27; docs/benchmarks.md "On a GPU"):
 
-    * word ids: taken from the float32 table and cast after, so the table's gradient is a
-      float32 scatter-add (``nnx.Embed`` casts the table first, which made it a bfloat16 one
-      under bfloat16 compute: rows shared by many tokens, such as padding, then accumulate in
-      bfloat16);
     * token types ``None`` (all zeros, what the classifier passes): row 0 added to every token
-      (:func:`add_first_row`), no lookup; given token types: a one-hot product with the tiny
-      type table, whose gradient is a matmul rather than a scatter;
-    * positions: gathered like the word ids, from the float32 table (each of the L rows once
-      per sequence; see ``_embed`` for why not a slice).
+      (:func:`add_first_row`), no lookup, where the gather's gradient sent every token of the
+      batch to one row; given token types: a one-hot product with the tiny type table, whose
+      gradient is a matmul rather than a scatter;
+    * word ids and positions: gathered as ``nnx.Embed`` does (:func:`embed_rows`), with the
+      gradient summed in float32 on a GPU (see ``_embed`` for why positions are no slice).
 
     The values are those of the gathers, bit for bit, in every dtype: a gather copies rows and
     a one-hot product adds exact zeros to a single exact product. The gradients are the same
-    sums, in float32 and in another order (float32 on CPU: bit-identical but for given token
-    types). Setting ``gather_free = False`` gives the earlier program (``nnx.Embed`` gathers),
-    kept to measure the difference on a device.
+    sums (on CPU, in float32: bit-identical, but for given token types). Setting
+    ``gather_free = False`` gives the earlier program (``nnx.Embed`` gathers), kept to measure
+    the difference on a device.
     """
 
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
@@ -511,7 +557,7 @@ class BertEmbeddings(nnx.Module):
     def _embed(self, input_ids, token_type_ids):
         """The sum of the three embeddings, in the order (word + type) + position."""
         dtype = self.dtype
-        words = jnp.take(self.word_embeddings.embedding[...], input_ids, axis=0).astype(dtype)
+        words = embed_rows(self.word_embeddings.embedding[...], input_ids, dtype)
         types = self.token_type_embeddings.embedding[...]
         if token_type_ids is None:
             x = add_first_row(words, types)
@@ -521,16 +567,15 @@ class BertEmbeddings(nnx.Module):
             x = words + jnp.einsum(
                 "blt,th->blh", one_hot, types.astype(dtype), precision=jax.lax.Precision.HIGHEST
             )
-        # Positions stay a gather (of float32 rows, cast after). BERT's are 0 .. L-1, so a slice
-        # would do, but its gradient, a sum over the batch, made XLA:GPU lay out the network's
-        # activations batch-minor ([L, H, B]; 21 more kernels in a 2-layer BERT-base 32 x 512
-        # H200 program, docs/benchmarks.md). The gather's gradient is the same sum, which XLA
-        # fuses into a scatter of L distinct rows: no row is shared, nothing contends.
+        # Positions stay a gather. BERT's are 0 .. L-1, so a slice would do, but its gradient, a
+        # sum over the batch, made XLA:GPU lay out the network's activations batch-minor
+        # ([L, H, B]; 21 more kernels in a 2-layer BERT-base 32 x 512 H200 program,
+        # docs/benchmarks.md). The gather's gradient is the same sum, then a scatter of L
+        # distinct rows: no row is shared, nothing contends.
         table = self.position_embeddings.embedding[...]
         if self.padding_idx is None:
-            return x + jnp.take(table, jnp.arange(input_ids.shape[1]), axis=0).astype(dtype)[None]
-        ids = padded_position_ids(input_ids, self.padding_idx)
-        return x + jnp.take(table, ids, axis=0).astype(dtype)
+            return x + embed_rows(table, jnp.arange(input_ids.shape[1]), dtype)[None]
+        return x + embed_rows(table, padded_position_ids(input_ids, self.padding_idx), dtype)
 
 
 class BertSelfAttention(nnx.Module):

@@ -33,6 +33,7 @@ from jaxsent.models.bert import (
     REMAT_POLICIES,
     SUPPORTED_ACTIVATIONS,
     Dropout,
+    embed_rows,
     stack_layers,
     unstack_layers,
 )
@@ -407,15 +408,14 @@ class ModernBertEmbeddings(nnx.Module):
         self.norm = _layer_norm(config, dtype, rngs)
         self.dropout = Dropout(config.embedding_dropout, deterministic=True)
         self.dtype = dtype
-        # Rows taken from the float32 table and cast after, so its gradient is a float32
-        # scatter-add, not nnx.Embed's bfloat16 one under bfloat16 compute (the same values;
-        # bert.BertEmbeddings); False: nnx.Embed, the earlier program (issue 27).
+        # nnx.Embed's lookup with its gradient summed in float32 on a GPU (bert.embed_rows; the
+        # same values); False: nnx.Embed itself, the earlier program (issue 27).
         self.gather_free = True
 
     def __call__(self, input_ids, *, deterministic=None, rngs=None):
         if self.gather_free:
             table = self.tok_embeddings.embedding[...]
-            x = self.norm(jnp.take(table, input_ids, axis=0).astype(self.dtype))
+            x = self.norm(embed_rows(table, input_ids, self.dtype))
         else:
             x = self.norm(self.tok_embeddings(input_ids))
         return sharding.constrain_batch(self.dropout(x, deterministic=deterministic, rngs=rngs))
