@@ -9,7 +9,10 @@ sentences. The sentences are selected and tokenised by `jaxsent.data` with the r
 so both systems see identical token ids. Modelled on ../shared/peers/hf_trainer_mainjob.py.
 
     JAXSENT_DATA_DIR=../shared/data .venv/bin/python bench/hf_trainer_sst5.py --seed 0 \\
-        --out runs/sst5_peer/seed_0
+        --config sst5_minilm_phrases --out runs/sst5_peer/seed_0
+
+``--config`` names the jaxsent config whose recipe and examples it follows (``sst5_minilm``:
+the training sentences; ``sst5_minilm_phrases``: the labelled phrases).
 
 Needs the `bench` extra (accelerate) and torch (the test extra). Writes ``result.json`` (wall,
 train and test seconds, test accuracy, macro-F1, NLL, ECE) and ``test_logits.npy`` /
@@ -33,7 +36,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 sys.path.insert(0, os.getcwd())
-from configs import sst5_minilm  # noqa: E402
+import importlib  # noqa: E402
+
 from jaxsent import data as data_lib  # noqa: E402
 from jaxsent import multiclass_metrics  # noqa: E402
 from jaxsent.models import bert_params, load_tokenizer  # noqa: E402
@@ -43,8 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="folder for result.json and the logits")
+    parser.add_argument("--config", default="sst5_minilm", help="a config module in configs/")
     args = parser.parse_args()
-    cfg = sst5_minilm.get_config()
+    cfg = importlib.import_module(f"configs.{args.config}").get_config()
     d, tc = cfg.data, cfg.train
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(args.seed)
@@ -116,6 +121,7 @@ def main() -> None:
     np.save(os.path.join(out, "test_example_ids.npy"), np.asarray(test["example_id"]))
     result = {
         "seed": args.seed,
+        "config": args.config,
         "train_s": train_s,
         "test_s": test_s,
         "wall_s": time.perf_counter() - T0,
