@@ -236,8 +236,11 @@ def test_best_metric_names_are_what_validation_writes():
     logits, labels = np.array([1.0, -2.0, 0.5, -0.1]), np.array([1, 0, 0, 1])
     written = set(evaluation.scalar_metrics(logits, labels)) - {"n_examples"}
     assert set(config_check.metric_names()) == written
-    # Every metric has a direction, so best_mode is checked against each.
-    assert written == config_check.HIGHER_IS_BETTER | config_check.LOWER_IS_BETTER
+    # Every metric of two and of K ordered classes has a direction, so best_mode is checked
+    # against each, and no direction names a metric that is never written.
+    every_metric = set(config_check.metric_names(2)) | set(config_check.metric_names(5, True))
+    assert written < every_metric
+    assert every_metric == config_check.HIGHER_IS_BETTER | config_check.LOWER_IS_BETTER
 
 
 CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")

@@ -691,13 +691,12 @@ def test_bad_arguments_exit_2_in_one_line(tiny_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_remat_and_scan_layers_log_the_same_losses_and_resume(model_dir, tmp_path):
-    reference = tmp_path / "reference"
+def test_remat_and_scan_layers_log_the_same_losses_and_resume(model_dir, reference_run, tmp_path):
+    reference = reference_run.workdir  # the same command without the levers (conftest.py)
     scanned = tmp_path / "scan_dots"
     rematted = tmp_path / "remat_full"
     scan_levers = ("--config.model.scan_layers=True", "--config.model.remat=dots")
     for workdir, levers in (
-        (reference, ()),
         (scanned, scan_levers),
         (rematted, ("--config.model.remat=full",)),
     ):
