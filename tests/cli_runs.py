@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = os.environ.get("JAXSENT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 NUM_STEPS = 8
 TIMEOUT_S = 900  # cold compiles on 2 shared cores
+# Optimisation level 0 of XLA's CPU backend (LLVM's), for the test processes and the runs they
+# start: the same HLO programs, compiled in about two thirds of the time, which most tests spend
+# compiling; no fast-math at any level, and what a test compares is compiled alike.
+# tests/test_smoke.py and `make train` run at the default level.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def module(name: str, *args: str) -> list[str]:
@@ -37,6 +42,7 @@ def train_command(model_dir, workdir, *overrides: str, num_steps: int = NUM_STEP
         "--config.data.validation_size=64",
         "--config.data.eval_size=96",
         "--config.data.max_length=32",
+        "--config.data.num_buckets=2",  # two shapes: the runs' compiles are most of their time
         "--config.train.global_batch_size=16",
         "--config.train.eval_batch_size=32",
         f"--config.train.num_steps={num_steps}",
@@ -81,7 +87,7 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     result = dict(os.environ)
     result.setdefault("JAXSENT_DATA_DIR", DATA_DIR)
     # Two host devices: the runs below are data-parallel, as on a real accelerator.
-    result["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    result["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=2 {TEST_XLA_FLAGS}"
     result["PYTHONUNBUFFERED"] = "1"
     result.update(extra or {})
     return result

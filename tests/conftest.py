@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_runs import TEST_XLA_FLAGS
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 # With libtpu installed (test extra), JAX would start the TPU runtime in every process, and two
 # pytest-xdist workers collide on /tmp/libtpu_lockfile; TPU topology compilation works on CPU.
 # Describing a topology still takes libtpu's lock: tests/test_plan.py compiles in its worker and in

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import TEST_XLA_FLAGS
 from tiny_models import save_tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def _env(devices: int, cache_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("JAXSENT_DATA_DIR", DATA_DIR)
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"
     env["JAXSENT_COMPILATION_CACHE"] = str(cache_dir)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -40,6 +40,7 @@ def _study_config(path: Path, model_dir: Path) -> Path:
                         "validation_size": 48,
                         "eval_size": 80,
                         "max_length": 32,
+                        "num_buckets": 1,
                         "extra_evals": "sst2:validation",
                     }},
                     "train": {{
