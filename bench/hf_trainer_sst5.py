@@ -48,6 +48,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="folder for result.json and the logits")
     parser.add_argument("--config", default="sst5_minilm", help="a config module in configs/")
+    parser.add_argument(
+        "--rescore",
+        help="a checkpoint folder this script's training saved (its best): score it on the test "
+        "sentences without training, keeping --out's result.json timings",
+    )
     args = parser.parse_args()
     cfg = importlib.import_module(f"configs.{args.config}").get_config()
     d, tc = cfg.data, cfg.train
@@ -69,7 +74,7 @@ def main() -> None:
         return ds.rename_column("label", "labels")
 
     model = transformers.BertForSequenceClassification.from_pretrained(
-        bert_params.resolve(cfg.model.name), num_labels=classes.num_classes
+        args.rescore or bert_params.resolve(cfg.model.name), num_labels=classes.num_classes
     )
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -110,10 +115,21 @@ def main() -> None:
         compute_metrics=accuracy,
     )
     start = time.perf_counter()
-    trainer.train()
+    if args.rescore:
+        with open(os.path.join(out, "result.json")) as f:
+            trained = json.load(f)
+    else:
+        trainer.train()
     train_s = time.perf_counter() - start
+    # Trainer's evaluation sampler follows train_sampling_strategy: under group_by_length it
+    # groups the test set by length too, and predict() returns the logits in that order, not the
+    # dataset's. Sequential order, so that logits[i] is test example i.
+    trainer.args.train_sampling_strategy = "random"
     start = time.perf_counter()
-    logits = trainer.predict(hf(test)).predictions.astype(np.float32)
+    prediction = trainer.predict(hf(test))
+    logits = prediction.predictions.astype(np.float32)
+    if not np.array_equal(prediction.label_ids, np.asarray(test["label"])):
+        raise RuntimeError("the test logits are not in the test set's order")
     test_s = time.perf_counter() - start
     labels = np.asarray(test["label"])
     values = multiclass_metrics.multiclass_classification_metrics(logits, labels, ordinal=True)
@@ -125,6 +141,11 @@ def main() -> None:
         "train_s": train_s,
         "test_s": test_s,
         "wall_s": time.perf_counter() - T0,
+        **(
+            {k: trained[k] for k in ("train_s", "wall_s")} | {"rescored": args.rescore}
+            if args.rescore
+            else {}
+        ),
         **{k: float(values[k]) for k in ("accuracy", "macro_f1", "nll", "ece", "mae")},
         "n_examples": int(values["n_examples"]),
         "load": os.getloadavg(),
