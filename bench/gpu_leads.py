@@ -3,9 +3,10 @@
 The train step ran at half PyTorch eager's speed on an H200 (docs/benchmarks.md "On a GPU").
 Each lead is a change of the program that ``python -m train`` compiles; the library fixed
 three of them and keeps the earlier program behind a switch, two are compiler or PRNG settings
-that no device run has measured yet. `train_steps` builds the run's step exactly as
-`jaxsent.training.build.training_steps` does (same model, loss, optimiser, sharding rules,
-micro-batches), with random weights or as shapes, and with one `Lead`'s switches applied;
+that no device run has measured yet. `train_steps` builds the run's step with
+`jaxsent.training.build.training_steps` itself (same model, loss, optimiser, sharding rules,
+micro-batches), with random weights or as shapes, one `Lead`'s switches applied through its
+``edit_model`` and ``nonfinite_guard`` arguments;
 ``bench_gpu_step.py`` times the leads on a GPU and ``gpu_program_leads.py`` counts what each
 one changes in the compiled GPU program, on a machine without one.
 """
@@ -21,11 +22,8 @@ from typing import Any
 import jax
 from flax import nnx
 
-from jaxsent import losses, sharding
 from jaxsent.models import bert, modernbert
-from jaxsent.training.build import build_model, micro_batches
-from jaxsent.training.optim import make_optimizer
-from jaxsent.training.steps import build_steps, make_steps, trainable_filter
+from jaxsent.training.build import training_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +108,7 @@ def apply_lead(lead: Lead, model: nnx.Module) -> nnx.Module:
     for _, node in nnx.iter_graph(model):
         if isinstance(node, (bert.BertEmbeddings, modernbert.ModernBertEmbeddings)):
             node.gather_free = not lead.embedding_gathers
-        if isinstance(node, bert.BertSelfAttention):
+        if isinstance(node, (bert.BertSelfAttention, modernbert.ModernBertAttention)):
             node.float32_scores = lead.float32_scores
     return model
 
@@ -126,8 +124,8 @@ def train_steps(config, mesh: jax.sharding.Mesh, lead: Lead = DEFAULT, *, abstra
     """The run's steps and state, as `training_steps` builds them, with ``lead`` applied.
 
     Random weights (no checkpoint travels to a device machine; the speed does not depend on
-    them), or, with ``abstract``, shapes only (`make_steps`), for compiling without a device.
-    ``DEFAULT`` gives `training_steps`'s very program (tests/test_gpu_leads.py checks it).
+    them), or, with ``abstract``, shapes only, for compiling without a device. ``DEFAULT`` gives
+    `training_steps`'s very program (tests/test_gpu_leads.py checks it).
 
     Returns:
       ``(steps, state)``: `jaxsent.training.steps.StepFunctions` and the (placed, unless
@@ -135,25 +133,13 @@ def train_steps(config, mesh: jax.sharding.Mesh, lead: Lead = DEFAULT, *, abstra
     """
     total_steps = max(int(config.train.num_steps), int(config.optim.warmup_steps), 1)
     with prng(lead):
-        tx, _ = make_optimizer(
-            config.optim, total_steps=total_steps, nonfinite_guard=lead.nonfinite_guard
+        steps, state, _ = training_steps(
+            config,
+            mesh,
+            total_steps=total_steps,
+            abstract=abstract,
+            pretrained=False,
+            edit_model=functools.partial(apply_lead, lead),
+            nonfinite_guard=lead.nonfinite_guard,
         )
-
-        def model_and_optimizer():
-            model = apply_lead(lead, build_model(config, pretrained=False))
-            return model, nnx.Optimizer(model, tx, wrt=trainable_filter(model))
-
-        kwargs: dict[str, Any] = dict(
-            loss_fn=losses.loss_from_fields(config.loss),
-            dropout_key=jax.random.key(config.seed),
-            state_shardings_fn=functools.partial(
-                sharding.tree_shardings, mesh=mesh, rules=config.mesh.strategy
-            ),
-            micro_batches=micro_batches(config),
-        )
-        if abstract:
-            model, optimizer = nnx.eval_shape(model_and_optimizer)
-            return make_steps(model, optimizer, **kwargs)
-        model, optimizer = model_and_optimizer()
-        with jax.set_mesh(mesh):
-            return build_steps(model, optimizer, **kwargs)
+    return steps, state

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -119,9 +120,11 @@ def build_model(
 
 
 def _model_and_optimizer(
-    config, tx: optax.GradientTransformation, *, pretrained: bool, label_names
+    config, tx: optax.GradientTransformation, *, pretrained: bool, label_names, edit_model
 ):
     model = build_model(config, pretrained=pretrained, label_names=label_names)
+    if edit_model is not None:
+        model = edit_model(model)
     return model, nnx.Optimizer(model, tx, wrt=trainable_filter(model))
 
 
@@ -138,6 +141,9 @@ def training_steps(
     total_steps: int,
     abstract: bool = False,
     label_names: tuple[str, ...] | None = None,
+    pretrained: bool = True,
+    edit_model: Callable[[nnx.Module], nnx.Module] | None = None,
+    nonfinite_guard: str = "select",
 ) -> tuple[StepFunctions, nnx.State, optax.Schedule]:
     """The run's jitted train and eval steps, their state and the learning-rate schedule.
 
@@ -148,13 +154,20 @@ def training_steps(
       total_steps: the schedule's length.
       abstract: build from the architecture alone, under ``nnx.eval_shape``: the state holds
         `jax.ShapeDtypeStruct`s and is not placed (see `jaxsent.training.steps.make_steps`).
-        Else load the pretrained weights and place the state on ``mesh``.
+        Else build the weights (see ``pretrained``) and place the state on ``mesh``.
       label_names: the run's classes (see `build_model`).
+      pretrained: load the checkpoint's weights (else random ones, e.g. to time a step);
+        ignored when ``abstract``.
+      edit_model: applied to the built model before the optimiser is made (for variants of
+        the run's program, e.g. bench/gpu_leads.py's switches); returns the model to train.
+      nonfinite_guard: see `jaxsent.training.optim.make_optimizer`.
 
     Returns:
       ``(steps, state, schedule)``.
     """
-    tx, schedule = make_optimizer(config.optim, total_steps=total_steps)
+    tx, schedule = make_optimizer(
+        config.optim, total_steps=total_steps, nonfinite_guard=nonfinite_guard
+    )
     kwargs: dict[str, Any] = dict(
         loss_fn=losses.loss_from_fields(config.loss),
         dropout_key=jax.random.key(config.seed),
@@ -165,14 +178,16 @@ def training_steps(
     )
     if abstract:
         model, optimizer = nnx.eval_shape(
-            lambda: _model_and_optimizer(config, tx, pretrained=False, label_names=label_names)
+            lambda: _model_and_optimizer(
+                config, tx, pretrained=False, label_names=label_names, edit_model=edit_model
+            )
         )
         steps, state = make_steps(model, optimizer, **kwargs)
     else:
         # Built outside the mesh context: parameters carry logical axis names, which only become
         # mesh axes through the sharding rules when the state is placed (in build_steps).
         model, optimizer = _model_and_optimizer(
-            config, tx, pretrained=True, label_names=label_names
+            config, tx, pretrained=pretrained, label_names=label_names, edit_model=edit_model
         )
         with jax.set_mesh(mesh):
             steps, state = build_steps(model, optimizer, **kwargs)
