@@ -1,13 +1,12 @@
 """ModernBERT under ``scan_layers``: the unrolled model's function, parameters and export.
 
-The scanned encoder keeps the first block apart (it has no attention norm) and scans the others,
-in groups when their types repeat (7 blocks: G | L L G L L G, two groups of three with the types
-fixed), else with each block's type as a flag (5 blocks: G | L L G L); the oracle is the unrolled
-encoder, itself checked against transformers in test_modernbert.py, and transformers reads the
-scanned model's export. The tiny model has every bias on (so biases stack too), a padded batch
-and a local window (3 tokens each side) shorter than the sequence. At 17 tokens a local block
-attends block by block and a global one through the masked scores, so the flag-per-block scan
-picks each block's path with a ``lax.cond``; at 8 tokens (under three windows) and with
+The scanned encoder keeps the first block apart (it has no attention norm) and scans the others
+with each block's type as a flag; the oracle is the unrolled encoder, itself checked against
+transformers in test_modernbert.py, and transformers reads the scanned model's export. The tiny
+model mixes local and global blocks after the first (G | L L G L), has every bias on (so biases
+stack too), a padded batch and a local window (3 tokens each side) shorter than the sequence.
+At 17 tokens a local block attends block by block and a global one through the masked scores, so
+the scan picks each block's path with a ``lax.cond``; at 8 tokens (under three windows) and with
 attention dropout both types take the masked path and the flag picks the mask.
 
 Tolerances: both layouts compute the same float32 operations in the same order, but XLA compiles
@@ -128,49 +127,31 @@ def _train_step(model, deterministic):
 
 
 @functools.cache
-def _unrolled_train_step(dropout: bool, layers: int = 5):
+def _unrolled_train_step(dropout: bool):
     """The reference: the unrolled model without remat (test_modernbert.py checks that remat
     changes no gradient there)."""
-    config = _config(num_hidden_layers=layers, **(RATES if dropout else {}))
-    return _train_step(_model(config), deterministic=not dropout)
+    return _train_step(_model(_config(**(RATES if dropout else {}))), deterministic=not dropout)
 
 
 @pytest.mark.parametrize(
-    "remat, dropout, layers",
-    [
-        ("none", False, 5),
-        ("full", False, 5),
-        ("full", True, 5),
-        ("none", False, 7),
-        ("full", False, 7),
-        ("dots", True, 7),
-    ],
-    ids=[
-        "none-cond",
-        "full-cond",
-        "full-dropout_masked",
-        "none-groups",
-        "full-groups",
-        "dots-dropout-groups",
-    ],
+    "remat, dropout",
+    [("none", False), ("full", False), ("full", True)],
+    ids=["none-cond", "full-cond", "full-dropout_masked"],
 )
-def test_scanned_train_step_equals_unrolled(remat, dropout, layers):
+def test_scanned_train_step_equals_unrolled(remat, dropout):
     """Loss and every parameter's gradient of the scanned model (with ``remat``) equal the
     unrolled model's (without), with the same dropout masks when dropout is on.
 
-    At 5 blocks (G | L L G L, no repeating group) the scan picks each block's attention path
-    with a ``lax.cond`` (remat none: the backward pass reads the cond's saved values; full: it
-    recomputes the block, the cond with it); at 7 (G | L L G L L G) it scans two groups of
-    three blocks with their types fixed, as ModernBERT-base's 22 and the seed recipe
-    configs/modernbert_base_imdb.py (remat full) train. With dropout the dropout stream runs
-    through the scan and the recomputed blocks."""
-    want_loss, want = _unrolled_train_step(dropout, layers)
-    config = _config(num_hidden_layers=layers, **(RATES if dropout else {}))
-    scanned = _model(config, remat=remat, scan_layers=True)
+    Without dropout the scan picks each block's attention path with a ``lax.cond`` (remat none:
+    the backward pass reads the cond's saved values; full: it recomputes the block, the cond
+    with it, as the seed recipe configs/modernbert_base_imdb.py trains); with dropout the
+    dropout stream runs through the scan and the recomputed blocks."""
+    want_loss, want = _unrolled_train_step(dropout)
+    scanned = _model(_config(**(RATES if dropout else {})), remat=remat, scan_layers=True)
     got_loss, got = _train_step(scanned, deterministic=not dropout)
     assert got_loss == pytest.approx(want_loss, rel=GRAD_TOL)
-    # Embeddings (3), the first block (10: no attention norm), the others (12 each), final norm.
-    assert set(got) == set(want) and len(want) == 3 + 10 + (layers - 1) * 12 + 2
+    # Embeddings (3), the first block (10: no attention norm), four more (12 each), final norm (2).
+    assert set(got) == set(want) and len(want) == 3 + 10 + 4 * 12 + 2
     for name, ref in want.items():
         scale = np.abs(ref).max()
         assert scale > 0, name  # every parameter takes part
@@ -220,49 +201,24 @@ def test_a_one_block_model_scans_nothing():
     np.testing.assert_array_equal(_states(model, ids, mask), expected)
 
 
-def test_scan_period_finds_the_shortest_repeating_group():
-    g, l = modernbert.GLOBAL, modernbert.LOCAL  # noqa: E741
-    assert modernbert.scan_period((l, l, g) * 7) == 3  # ModernBERT-base after its first block
-    assert modernbert.scan_period((l, l, g) * 9) == 3  # ModernBERT-large
-    assert modernbert.scan_period((l,) * 6) == 1
-    assert modernbert.scan_period((l, g) * 3) == 2
-    assert modernbert.scan_period((l, l, g)) is None  # once is no repetition
-    assert modernbert.scan_period((l, l, g, l)) is None
-    assert modernbert.scan_period(()) is None
-
-
-def _lowered_forward(layers, scan, length=17):
-    config = _config(num_hidden_layers=layers)
-    abstract = nnx.eval_shape(
-        lambda: modernbert.ModernBertModel(config, scan_layers=scan, rngs=nnx.Rngs(0))
-    )
-    graphdef, state = nnx.split(abstract)
-    forward = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids).last_hidden_state)
-    return forward.lower(state, jax.ShapeDtypeStruct((2, length), jnp.int32)).as_text()
-
-
 def test_scan_compiles_one_body_whatever_the_depth():
-    """The lowered program of a scanned encoder holds one loop and the same number of matmuls
-    whatever the depth: at 7 and 13 blocks (groups of L L G: the first block and one group), at
-    5 and 11 (a flag per block: the first block and one body); the unrolled one's grow."""
+    """The lowered program of a scanned encoder holds one loop and the same number of matmuls at
+    4 and at 10 blocks (the first block and the scanned body); the unrolled one's grow."""
+    ids = jax.ShapeDtypeStruct((2, 17), jnp.int32)
 
-    def counts(layers, scan):
-        text = _lowered_forward(layers, scan)
+    def lowered(layers, scan):
+        config = _config(num_hidden_layers=layers)
+        abstract = nnx.eval_shape(
+            lambda: modernbert.ModernBertModel(config, scan_layers=scan, rngs=nnx.Rngs(0))
+        )
+        graphdef, state = nnx.split(abstract)
+        forward = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids).last_hidden_state)
+        text = forward.lower(state, ids).as_text()
         return text.count("stablehlo.dot_general"), text.count("stablehlo.while")
 
-    assert counts(7, True) == counts(13, True) and counts(7, True)[1] == 1
-    assert counts(5, True) == counts(11, True) and counts(5, True)[1] == 1
-    assert counts(11, False)[1] == 0
-    assert counts(13, False)[0] > counts(7, False)[0] > counts(7, True)[0]
-    assert counts(11, False)[0] > counts(5, False)[0] > counts(5, True)[0]
-
-
-@pytest.mark.parametrize("layers, conds", [(5, 1), (7, 0)])
-def test_only_an_aperiodic_stack_scans_a_conditional_attention(layers, conds):
-    """At 17 tokens local blocks are banded and global ones masked: the flag-per-block scan
-    (5 blocks) picks the path with one ``lax.cond`` in its body; the grouped scan (7) has none."""
-    text = _lowered_forward(layers, True)
-    assert text.count("stablehlo.case") + text.count("stablehlo.if") == conds
+    assert lowered(4, True) == lowered(10, True)
+    assert lowered(4, True)[1] == 1 and lowered(10, False)[1] == 0
+    assert lowered(10, False)[0] > lowered(4, False)[0] > lowered(4, True)[0]
 
 
 def test_the_backward_pass_keeps_the_residual_barrier_in_the_scan():

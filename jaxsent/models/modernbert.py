@@ -59,16 +59,6 @@ def default_layer_types(num_layers: int, every: int = 3) -> tuple[str, ...]:
     return tuple(LOCAL if i % every else GLOBAL for i in range(num_layers))
 
 
-def scan_period(layer_types: tuple[str, ...]) -> int | None:
-    """The length of the shortest group of block types that the sequence repeats at least twice
-    (3 for ``L L G L L G ...``, 1 if all blocks are of one type), or None if there is none."""
-    count = len(layer_types)
-    for period in range(1, count // 2 + 1):
-        if count % period == 0 and layer_types == layer_types[:period] * (count // period):
-            return period
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class ModernBertConfig:
     """Architecture of a ModernBERT encoder (the fields of HF ``ModernBertConfig`` that shape it).
@@ -606,25 +596,19 @@ class ModernBertEncoder(nnx.Module):
     Unrolled (``scan_layers=False``), ``self.layers`` lists them. Under ``scan_layers`` the first
     block (which has no attention norm) stays apart, ``self.first_layer``, and the others run as
     one ``jax.lax.scan`` over parameters stacked along a leading layer axis, held under
-    :data:`jaxsent.models.bert.STACKED_LAYERS` (what the optimiser's weight decay mask reads).
-    Checkpoints and exports stay per layer (:func:`jaxsent.models.bert.unrolled` converts at
-    the edge). The scan takes one of two forms, by the blocks' types after the first:
+    :data:`jaxsent.models.bert.STACKED_LAYERS` (what the optimiser's weight decay mask reads),
+    with each block's type a scanned flag: the compiler sees two blocks, not
+    ``num_hidden_layers``. The flag selects the block's rotary table and mask; where local and
+    global blocks attend by different paths (a local block over more than three windows is
+    banded, see :func:`banded_attention`; cuDNN global blocks), a ``lax.cond`` on it runs the
+    block's own path only. Checkpoints and exports stay per layer
+    (:func:`jaxsent.models.bert.unrolled` converts at the edge).
 
-    - **Groups** (ModernBERT's pattern, a global block every n: ``L L G`` repeated): when the
-      types repeat a group of ``p`` blocks at least twice (:func:`scan_period`), the scan runs
-      over groups, each iteration the ``p`` blocks of a group unrolled with their types fixed:
-      the compiler sees ``1 + p`` blocks (4 for ModernBERT-base's 22 and -large's 28), each
-      computing its own attention path only, as unrolled.
-    - **A flag per block** otherwise: each block's type is a scanned flag that selects its
-      rotary table and mask; where local and global blocks attend by different paths (a local
-      block over more than three windows is banded, see :func:`banded_attention`; cuDNN global
-      blocks), a ``lax.cond`` on it runs the block's own path. The compiler sees two blocks,
-      but the body holds both attention paths. Memory: without remat, the backward pass of a
-      ``lax.cond`` keeps what both paths save (the untaken one's as zeros): a 7-block model at
-      1,024 tokens needed 1.8x the unrolled model's temporaries on CPU; with ``remat="full"``
-      or ``"dots"`` nothing of the attention is saved (XLA's ``memory_analysis``, jax 0.10.2).
-
-    Remat applies to each block, in both forms, as unrolled.
+    Memory: without remat, the backward pass of a ``lax.cond`` keeps what both paths save (the
+    untaken one's as zeros), so every scanned block holds a global block's attention
+    probabilities: a 7-block model at 1,024 tokens needed 1.8x the unrolled model's temporaries
+    on CPU. With ``remat="full"`` or ``"dots"`` nothing of the attention is saved, and the scan
+    needed about half the unrolled model's (XLA's ``memory_analysis``, jax 0.10.2).
 
     Every layout computes the same function with the same dropout masks: the dropout stream is
     threaded through the blocks in order, each drawing its keys as the unrolled stack does.
@@ -701,8 +685,11 @@ class ModernBertEncoder(nnx.Module):
         # unroll the loop (one conditional per block on CPU, as unrolled).
         rng_graphdef, rng_state = (None, None) if rngs is None else nnx.split(rngs)
         graphdef, stacked = nnx.split(self.stacked_layers)
+        local = jnp.asarray([kind == LOCAL for kind in self.layer_types[1:]])
 
-        def one_block(x, rng_state, params, local):
+        def body(carry, per_layer):
+            x, rng_state = carry
+            params, local = per_layer
             stream = None if rng_graphdef is None else nnx.merge(rng_graphdef, rng_state)
             y = nnx.merge(graphdef, params)(
                 materialized_cotangent(x),
@@ -712,38 +699,11 @@ class ModernBertEncoder(nnx.Module):
                 deterministic=deterministic,
                 rngs=stream,
             )
-            return y, None if stream is None else nnx.state(stream)
+            return (y, None if stream is None else nnx.state(stream)), None
 
-        types = self.layer_types[1:]
-        period = scan_period(types)
-        if period is None:  # a flag per block (see the class docstring)
-
-            def body(carry, per_layer):
-                return one_block(*carry, *per_layer), None
-
-            if self.remat != "none":
-                body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-            flags = jnp.asarray([kind == LOCAL for kind in types])
-            (x, rng_state), _ = jax.lax.scan(body, (x, rng_state), (stacked, flags))
-        else:  # groups of `period` blocks, their types fixed
-            pattern = [kind == LOCAL for kind in types[:period]]
-            if self.remat != "none":
-                one_block = jax.checkpoint(
-                    one_block,
-                    policy=REMAT_POLICIES[self.remat],
-                    prevent_cse=False,
-                    static_argnums=3,
-                )
-
-            def group(carry, params):
-                for i, local in enumerate(pattern):
-                    carry = one_block(*carry, jax.tree.map(lambda p, i=i: p[i], params), local)
-                return carry, None
-
-            groups = jax.tree.map(
-                lambda p: p.reshape(len(types) // period, period, *p.shape[1:]), stacked
-            )
-            (x, rng_state), _ = jax.lax.scan(group, (x, rng_state), groups)
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        (x, rng_state), _ = jax.lax.scan(body, (x, rng_state), (stacked, local))
         if rngs is not None:
             nnx.update(rngs, rng_state)
         return x
