@@ -388,8 +388,8 @@ def test_modernbert_bfloat16_scores_agree_with_float32():
     bfloat16 compute are, by more than half of their error (one more rounding of the scores
     among the several bfloat16 makes per layer). Measured (jitted, XLA:CPU at the tests'
     optimisation level): output 2.6% against 2.7% relative L2; gradients up to 8.5% against
-    7.4% (the norm scales'), at most 1.20x the earlier scores' error. The bounds, 4% and 10%, leave room for rounding (the ratio is the test's
-    point)."""
+    7.4% (the norm scales'), at most 1.20x the earlier scores' error. The bounds, 4% and 10%,
+    leave room for rounding (the ratio is the test's point)."""
     ids, mask = _ids(MODERNBERT)
     reference = _modernbert_outputs(_modernbert(jnp.float32, float32_scores=False), ids, mask)
     new = _modernbert_outputs(_modernbert(jnp.bfloat16, float32_scores=False), ids, mask)
