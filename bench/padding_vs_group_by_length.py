@@ -4,8 +4,10 @@
     JAXSENT_DATA_DIR=../shared/data .venv/bin/python bench/padding_vs_group_by_length.py \\
         --config sst5_minilm_phrases --buckets 4 8 16
 
-The group_by_length figure simulates transformers' ``LengthGroupedSampler``: megabatches of 50
-batches of a random permutation, each sorted by length, every batch padded to its longest row.
+The group_by_length figure takes the order of transformers' ``LengthGroupedSampler``
+(``trainer_pt_utils.get_length_grouped_indices``, the function it calls: megabatches of up to 50
+batches of a random permutation, each sorted by length), every batch padded to its longest row.
+Needs the bench extra (transformers with torch).
 """
 
 import argparse
@@ -14,6 +16,8 @@ import os
 import sys
 
 import numpy as np
+import torch
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 sys.path.insert(0, os.getcwd())
 from jaxsent.data import batching  # noqa: E402
@@ -43,14 +47,12 @@ def main() -> None:
         stats = batching.plan_stats(plan, lengths)
         share = real / stats.processed_tokens
         print(f"{count} buckets {stats.shapes}: {stats.processed_tokens:,} processed, {share:.1%}")
-    order = np.random.default_rng(0).permutation(len(lengths))
-    processed = 0
-    for start in range(0, len(order), 50 * batch):
-        chunk = order[start : start + 50 * batch]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        for k in range(0, len(chunk), batch):
-            rows = lengths[chunk[k : k + batch]]
-            processed += int(rows.max()) * len(rows)
+    generator = torch.Generator().manual_seed(0)
+    order = np.asarray(get_length_grouped_indices(lengths.tolist(), batch, generator=generator))
+    processed = sum(
+        int(rows.max()) * len(rows)
+        for rows in (lengths[order[k : k + batch]] for k in range(0, len(order), batch))
+    )
     print(f"group_by_length: {processed:,} processed, {real / processed:.1%}")
 
 
