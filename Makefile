@@ -45,6 +45,8 @@ fmt: setup-test
 # JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise start the TPU
 # runtime, and two xdist workers doing so at once collide on /tmp/libtpu_lockfile. TPU topology
 # compilation (tests/test_plan.py) works under it; ALLOW_MULTIPLE_LIBTPU_LOAD lets processes that
-# only compile share libtpu.
+# only compile share libtpu. Test files go whole to a worker (their module fixtures are built
+# once), in tests/conftest.py's order, longest first (--no-loadscope-reorder).
 test: lint
-	JAX_PLATFORMS=cpu ALLOW_MULTIPLE_LIBTPU_LOAD=1 $(BIN)/python -m pytest -n 2 --dist loadfile
+	JAX_PLATFORMS=cpu ALLOW_MULTIPLE_LIBTPU_LOAD=1 $(BIN)/python -m pytest -n 2 --dist loadfile \
+		--no-loadscope-reorder

@@ -25,6 +25,35 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# The test files that take longest (`--durations`, 2026-12-08), longest first. `make test` hands
+# whole files to its two workers in collection order (`--dist loadfile --no-loadscope-reorder`);
+# xdist's own order (most tests first) left the single two-minute smoke test to the end, one
+# worker running it while the other had finished. Files not named keep their order, after these.
+LONGEST_FILES = (
+    "test_plan.py",
+    "test_smoke.py",
+    "test_predict.py",
+    "test_gcs.py",
+    "test_study.py",
+    "test_training_step.py",
+    "test_train_cli.py",
+    "test_losses_multiclass.py",
+    "test_modernbert.py",
+    "test_multihost.py",
+    "test_evaluate.py",
+    "test_gpu_leads.py",
+    "test_config_check.py",
+    "test_compile_ahead.py",
+    "test_modernbert_cli.py",
+    "test_loop_choices.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
+
+
 def once_per_session(tmp_path_factory, name: str, make) -> Path:
     """The folder ``make(folder)`` filled, made once per test session and shared.
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from cli_runs import passed_under_the_default_compiler
 from flax import nnx
 
 from configs import default
@@ -585,10 +586,15 @@ def _run(steps, state, batches):
     [(BERT, 2), (MODERNBERT, 1)],
     ids=["bert-micro-batches", "modernbert"],
 )
-def test_float32_train_steps_are_bit_identical_to_the_earlier_program(config, micro_batches):
+def test_float32_train_steps_are_bit_identical_to_the_earlier_program(
+    config, micro_batches, request
+):
     """float32 on CPU (the main job's setting: micro-batches, dropout on, so einsum attention):
     every fix at once gives the earlier step's losses, gradient norms, parameters and optimiser
-    state bit for bit over three steps."""
+    state bit for bit over three steps, compiled as a user's run compiles them (the tests' own
+    XLA flags round one BERT loss of three 1 ulp apart)."""
+    if passed_under_the_default_compiler(request):
+        return
     batches = [_batch(config, seed=s) for s in range(3)]
     new = _run(*_steps(config, micro_batches=micro_batches), batches)
     old = _run(*_steps(config, earlier=True, micro_batches=micro_batches), batches)

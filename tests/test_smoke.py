@@ -1,7 +1,7 @@
 """The `smoke` config end to end: real MiniLM, real SST-2, >= 80% validation accuracy.
 
 This is the CI guard that the whole system learns: data, model import, losses, the sharded
-step, checkpoint selection and evaluation together. About 4 minutes on 2 idle CPU cores.
+step, checkpoint selection and evaluation together. About 2 minutes on 2 idle CPU cores.
 """
 
 import json
