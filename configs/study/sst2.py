@@ -27,6 +27,7 @@ def get_config():
     config.overrides = {
         "data": {
             "train_size": 16000,
+            "num_buckets": 4,  # the archived runs' (configs/smoke.py: 2 since 2026-12-08)
             "validation_size": 1000,
             "extra_evals": "rotten_tomatoes:all",
         },
